@@ -1,0 +1,5 @@
+import sys
+
+from dropline.cli import main
+
+sys.exit(main())

@@ -1,0 +1,343 @@
+"""A whole Dropline installation on one machine: a private Mosquitto, the simulated carrier
+and payment services, the gateway, and edge agents on simulated hardware.
+
+The demo and the end-to-end tests both build on this; nothing here is mocked but the
+hardware and the outside services, which live in ``simulator/``.
+"""
+
+import asyncio
+import contextlib
+import logging
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from dropline.broker import MosquittoBroker, free_port
+from edge.agent import EdgeAgent
+from edge.config import BrokerSettings as EdgeBrokerSettings
+from edge.config import CompartmentPins, EdgeConfig, Timeouts
+from edge.devices import Devices
+from edge.session import KioskSession
+from gateway.config import (
+    AddressSettings,
+    BrokerSettings,
+    ConsolidationRules,
+    GatewayConfig,
+    KdniaoSettings,
+    MerchantSettings,
+    RefundPolicy,
+    StoreSettings,
+    StripeSettings,
+)
+from gateway.service import Gateway
+from hardware.decoder import VOUCHER_FORMATS, default_chain
+from hardware.locker import CompartmentSpec, LockerSpec
+from protocol.sizes import SizeClass
+from simulator.camera import SimulatedCamera
+from simulator.kdniao import CarrierKnobs, KdniaoSimulator
+from simulator.locker import Shopper, SimulatedLockerMechanics, make_mock_factory
+from simulator.payments import PaymentKnobs, PaymentsSimulator
+from simulator.printer import PngPrinter
+
+log = logging.getLogger(__name__)
+
+WAREHOUSE = AddressSettings(
+    name="Dropline Returns Warehouse",
+    phone="021-5555-0100",
+    province="上海市",
+    city="上海市",
+    district="嘉定区",
+    street="安亭镇 1 号仓",
+)
+
+
+MAX_COMPARTMENTS = 13
+"""A Pi's GPIO 2–27 give 13 relay/sensor pairs: relays on 2–14, door sensors on 15–27."""
+
+
+@dataclass
+class SystemOptions:
+    """The size and speed of the simulated installation."""
+
+    stores: int = 1
+    kiosks_per_store: int = 2
+    compartments_per_kiosk: int = 12  # at most MAX_COMPARTMENTS
+    tote_max_items: int = 10
+    tote_max_age_s: float = 3.0
+    refund_policy: RefundPolicy = RefundPolicy.ON_RECEIPT
+    tracking_delays_s: tuple[float, ...] = (0.05, 0.05, 0.05)
+    tick_s: float = 0.2
+    ack_timeout_s: float = 5.0
+    camera_fps: float = 15.0
+    carrier_knobs: CarrierKnobs = field(default_factory=CarrierKnobs)
+    payment_knobs: PaymentKnobs = field(default_factory=PaymentKnobs)
+    payment_timeout_s: float = 5.0
+
+
+@dataclass
+class Kiosk:
+    """One simulated kiosk: the real agent and the simulated parts around it."""
+
+    agent: EdgeAgent
+    camera: SimulatedCamera
+    mechanics: SimulatedLockerMechanics
+    shopper: Shopper
+    printer: PngPrinter
+
+    @property
+    def store(self) -> str:
+        """The kiosk's store id."""
+        return self.agent.config.store
+
+    @property
+    def device(self) -> str:
+        """The kiosk's device id."""
+        return self.agent.config.device
+
+    async def present(self, code: str, timeout_s: float = 30.0) -> KioskSession:
+        """Hold ``code`` in front of the camera; return the kiosk session it produced."""
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[KioskSession] = loop.create_future()
+
+        def listener(session: KioskSession) -> None:
+            if session.code == code and session.finished and not done.done():
+                done.set_result(session)
+
+        self.agent.session_listeners.append(listener)
+        try:
+            self.camera.blank(frames=5)  # the previous shopper's phone is gone
+            self.camera.show(code, frames=6)
+            async with asyncio.timeout(timeout_s):
+                return await done
+        finally:
+            self.agent.session_listeners.remove(listener)
+
+
+class LocalSystem:
+    """Starts and stops every part; tests and the demo drive it through its REST API."""
+
+    def __init__(self, workdir: Path, options: SystemOptions | None = None) -> None:
+        self.workdir = workdir
+        self.options = options or SystemOptions()
+        self.broker = MosquittoBroker(workdir / "mosquitto")
+        self.kiosks: list[Kiosk] = []
+        self.merchant = "acme"
+        self._http: aiohttp.ClientSession | None = None
+        self.gateway: Gateway | None = None
+        self.carrier: KdniaoSimulator | None = None
+        self.payments: PaymentsSimulator | None = None
+
+    # ---- life cycle ---------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Bring everything up and wait until every kiosk has its store config."""
+        opts = self.options
+        await self.broker.start()
+        api_key = "sk_test_" + secrets.token_hex(8)
+        self.payments = PaymentsSimulator(
+            api_key, webhook_secret=secrets.token_hex(16), knobs=opts.payment_knobs
+        )
+        payments_url = await self.payments.start()
+        gateway_port = free_port()
+        ebusiness_id, app_key = "1234567", secrets.token_hex(16)
+        self.carrier = KdniaoSimulator(
+            ebusiness_id,
+            app_key,
+            push_url=f"http://127.0.0.1:{gateway_port}/v1/carriers/kdniao/push",
+            push_delays_s=opts.tracking_delays_s,
+            knobs=opts.carrier_knobs,
+        )
+        carrier_url = await self.carrier.start()
+        self.gateway = Gateway(
+            self._gateway_config(
+                gateway_port, carrier_url, ebusiness_id, app_key, payments_url, api_key
+            )
+        )
+        await self.gateway.start()
+        self._http = aiohttp.ClientSession(base_url=self.gateway.url)
+        for store in self.store_ids:
+            for k in range(opts.kiosks_per_store):
+                self.kiosks.append(await self._start_kiosk(store, f"kiosk-{k + 1}"))
+        await asyncio.gather(*(k.agent.config_ready.wait() for k in self.kiosks))
+
+    @property
+    def store_ids(self) -> list[str]:
+        """The ids of the simulated stores."""
+        return [f"store-{i + 1}" for i in range(self.options.stores)]
+
+    def _gateway_config(
+        self,
+        port: int,
+        carrier_url: str,
+        ebusiness_id: str,
+        app_key: str,
+        payments_url: str,
+        api_key: str,
+    ) -> GatewayConfig:
+        opts = self.options
+        return GatewayConfig(
+            database=self.workdir / "gateway.sqlite3",
+            http_port=port,
+            broker=BrokerSettings(port=self.broker.port, reconnect_s=0.2),
+            merchants=[
+                MerchantSettings(
+                    id=self.merchant, name="ACME Shop", refund_policy=opts.refund_policy
+                )
+            ],
+            stores=[
+                StoreSettings(
+                    id=store,
+                    name=f"Store {store}",
+                    address=WAREHOUSE.model_copy(update={"name": f"Dropline {store}"}),
+                )
+                for store in self.store_ids
+            ],
+            warehouse=WAREHOUSE,
+            consolidation=ConsolidationRules(
+                max_items=opts.tote_max_items, max_age_s=opts.tote_max_age_s
+            ),
+            kdniao=KdniaoSettings(base_url=carrier_url, ebusiness_id=ebusiness_id, app_key=app_key),
+            stripe=StripeSettings(
+                base_url=payments_url, api_key=api_key, timeout_s=opts.payment_timeout_s
+            ),
+            tick_s=opts.tick_s,
+        )
+
+    def _compartments(self) -> list[CompartmentPins]:
+        sizes = [SizeClass.S, SizeClass.M, SizeClass.L, SizeClass.XL]
+        n = self.options.compartments_per_kiosk
+        if not 1 <= n <= MAX_COMPARTMENTS:
+            raise ValueError(f"compartments_per_kiosk must be 1..{MAX_COMPARTMENTS}")
+        return [
+            CompartmentPins(
+                id=f"{chr(ord('A') + i // 8)}{i % 8 + 1}",
+                size=sizes[min(3, 1 + (i * 3) // n)],
+                relay_pin=2 + i,
+                sensor_pin=2 + MAX_COMPARTMENTS + i,
+            )
+            for i in range(n)
+        ]
+
+    async def _start_kiosk(self, store: str, device: str) -> Kiosk:
+        opts = self.options
+        compartments = self._compartments()
+        config = EdgeConfig(
+            store=store,
+            device=device,
+            database=self.workdir / f"{store}-{device}.sqlite3",
+            broker=EdgeBrokerSettings(port=self.broker.port, reconnect_s=0.2, keepalive_s=5),
+            compartments=compartments,
+            relay_pulse_s=0.05,
+            timeouts=Timeouts(door_open_s=1.0, door_close_s=5.0, ack_s=opts.ack_timeout_s),
+            printer=f"png:{self.workdir / 'prints' / store / device}",
+        )
+        factory = make_mock_factory()
+        spec = LockerSpec(
+            compartments=tuple(
+                CompartmentSpec(c.id, c.size, c.relay_pin, c.sensor_pin) for c in compartments
+            )
+        )
+        mechanics = SimulatedLockerMechanics(factory, spec)
+        shopper = Shopper(mechanics)
+        camera = SimulatedCamera(fps=opts.camera_fps, seed=hash((store, device)) & 0xFFFF)
+        printer = PngPrinter(self.workdir / "prints" / store / device)
+        devices = Devices(camera, default_chain(VOUCHER_FORMATS), factory, printer)
+        agent = EdgeAgent(config, devices)
+        await agent.start()
+        await shopper.start()
+        return Kiosk(agent, camera, mechanics, shopper, printer)
+
+    async def stop(self) -> None:
+        """Stop everything, kiosks first."""
+        for kiosk in self.kiosks:
+            await kiosk.shopper.stop()
+            await kiosk.agent.stop()
+        self.kiosks = []
+        if self._http is not None:
+            await self._http.close()
+        if self.gateway is not None:
+            await self.gateway.stop()
+        if self.carrier is not None:
+            await self.carrier.stop()
+        if self.payments is not None:
+            await self.payments.stop()
+        await self.broker.stop()
+
+    # ---- the merchant's side ------------------------------------------------------------
+
+    @property
+    def http(self) -> aiohttp.ClientSession:
+        """A client for the gateway's REST API."""
+        assert self._http is not None, "system not started"
+        return self._http
+
+    async def authorize_return(
+        self, n: int, *, store: str | None = None, **extra: Any
+    ) -> dict[str, Any]:
+        """``POST /v1/returns`` for a made-up order; returns the created return's JSON."""
+        body: dict[str, Any] = {
+            "merchant": self.merchant,
+            "order_id": f"order-{n:05d}",
+            "items": [{"sku": f"SKU-{n % 7}", "name": "T-shirt", "quantity": 1 + n % 2}],
+            "reason": ["too small", "damaged", "changed mind"][n % 3],
+            "refund": {"amount_minor": 1999 + n, "currency": "CNY"},
+            "customer": {"name": f"Shopper {n}", "email": f"shopper{n}@example.test"},
+            "size": ["S", "M", "L"][n % 3],
+            "stores": [store] if store else [],
+        }
+        body.update(extra)
+        async with self.http.post("/v1/returns", json=body) as resp:
+            data: dict[str, Any] = await resp.json()
+            if resp.status != 201:
+                raise RuntimeError(f"authorize failed: {resp.status} {data}")
+            return data
+
+    async def get_return(self, return_id: str) -> dict[str, Any]:
+        """``GET /v1/returns/{id}``."""
+        async with self.http.get(f"/v1/returns/{return_id}") as resp:
+            resp.raise_for_status()
+            data: dict[str, Any] = await resp.json()
+            return data
+
+    async def wait_until(
+        self, predicate: Callable[[], Any], timeout_s: float = 60.0, interval_s: float = 0.05
+    ) -> None:
+        """Poll ``predicate`` (sync or async) until it is true, or raise TimeoutError."""
+        async with asyncio.timeout(timeout_s):
+            while True:
+                result = predicate()
+                if asyncio.iscoroutine(result):
+                    result = await result
+                if result:
+                    return
+                await asyncio.sleep(interval_s)  # polling a remote state; no event crosses HTTP
+
+    async def states(self, return_ids: list[str]) -> dict[str, str]:
+        """Current state of each return."""
+        views = await asyncio.gather(*(self.get_return(r) for r in return_ids))
+        return {v["id"]: v["state"] for v in views}
+
+    async def wait_for_state(
+        self, return_ids: list[str], state: str, timeout_s: float = 60.0
+    ) -> None:
+        """Wait until every return is in ``state``."""
+
+        async def all_there() -> bool:
+            return set((await self.states(return_ids)).values()) == {state}
+
+        await self.wait_until(all_there, timeout_s, interval_s=0.1)
+
+
+@contextlib.asynccontextmanager
+async def running_system(workdir: Path, options: SystemOptions | None = None) -> Any:
+    """``async with running_system(path) as system:`` — started, and stopped afterwards."""
+    system = LocalSystem(workdir, options)
+    try:
+        await system.start()
+        yield system
+    finally:
+        await system.stop()

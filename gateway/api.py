@@ -1,0 +1,207 @@
+"""The merchant-facing REST API and the carriers' webhook (aiohttp)."""
+
+import io
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+import segno
+from aiohttp import web
+from pydantic import ValidationError
+
+from gateway.authorization import (
+    ReturnRequest,
+    UnknownMerchantError,
+    UnknownStoreError,
+    authorize,
+)
+from gateway.carriers.base import PushVerificationError
+from gateway.returns import ReturnState
+from protocol import shortcode
+from protocol.errors import ShortCodeError
+
+if TYPE_CHECKING:
+    from gateway.service import Gateway
+
+log = logging.getLogger(__name__)
+
+GATEWAY: web.AppKey["Gateway"] = web.AppKey("gateway")
+MAX_LIST = 500
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def error(
+    status: int, code: str, message: str, fields: list[dict[str, str]] | None = None
+) -> web.Response:
+    """A JSON error body: ``{"error": {"code", "message", "fields"}}``."""
+    body: dict[str, Any] = {"code": code, "message": message}
+    if fields:
+        body["fields"] = fields
+    return web.json_response({"error": body}, status=status)
+
+
+@web.middleware
+async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Turn every failure into a JSON error; never leak a traceback."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return error(exc.status, exc.reason.lower().replace(" ", "_"), exc.text or exc.reason)
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return error(500, "internal", "internal error; it has been logged")
+
+
+async def _json_body(request: web.Request) -> object:
+    try:
+        return await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise web.HTTPBadRequest(text="request body is not valid JSON") from None
+
+
+def _field_errors(exc: ValidationError) -> list[dict[str, str]]:
+    return [
+        {"field": ".".join(str(p) for p in e["loc"]) or "body", "reason": e["msg"]}
+        for e in exc.errors()
+    ]
+
+
+async def create_return(request: web.Request) -> web.Response:
+    """``POST /v1/returns``: authorize a return, answer with its voucher."""
+    gateway = request.app[GATEWAY]
+    try:
+        req = ReturnRequest.model_validate(await _json_body(request))
+    except ValidationError as exc:
+        return error(422, "invalid_request", "the request has invalid fields", _field_errors(exc))
+    try:
+        return_id = await authorize(
+            gateway.db, gateway.keys, req, default_ttl_s=gateway.config.voucher_ttl_s
+        )
+    except UnknownMerchantError:
+        return error(
+            422,
+            "unknown_merchant",
+            "unknown merchant",
+            [{"field": "merchant", "reason": "unknown"}],
+        )
+    except UnknownStoreError as exc:
+        return error(
+            422, "unknown_store", f"unknown store {exc}", [{"field": "stores", "reason": "unknown"}]
+        )
+    view = await gateway.return_view(return_id, base_url=_base_url(request))
+    return web.json_response(view, status=201, headers={"Location": f"/v1/returns/{return_id}"})
+
+
+def _base_url(request: web.Request) -> str:
+    return f"{request.scheme}://{request.host}"
+
+
+async def get_return(request: web.Request) -> web.Response:
+    """``GET /v1/returns/{id}``: state, history and refund."""
+    view = await request.app[GATEWAY].return_view(
+        request.match_info["id"], base_url=_base_url(request), history=True
+    )
+    if view is None:
+        return error(404, "not_found", "no such return")
+    return web.json_response(view)
+
+
+async def list_returns(request: web.Request) -> web.Response:
+    """``GET /v1/returns?state=&merchant=&limit=``: newest first."""
+    state = request.query.get("state")
+    if state is not None and state not in {s.value for s in ReturnState}:
+        return error(
+            422, "invalid_request", "unknown state", [{"field": "state", "reason": "unknown"}]
+        )
+    try:
+        limit = min(MAX_LIST, int(request.query.get("limit", "100")))
+    except ValueError:
+        return error(
+            422,
+            "invalid_request",
+            "limit must be a number",
+            [{"field": "limit", "reason": "not a number"}],
+        )
+    rows = await request.app[GATEWAY].list_returns(
+        state=state, merchant=request.query.get("merchant"), limit=max(1, limit)
+    )
+    return web.json_response({"returns": rows, "count": len(rows)})
+
+
+async def voucher_image(request: web.Request) -> web.Response:
+    """``GET /v1/returns/{id}/voucher.png`` or ``.svg``: the voucher as a QR code."""
+    row = await request.app[GATEWAY].db.fetchone(
+        "SELECT voucher FROM returns WHERE id = ?", (request.match_info["id"],)
+    )
+    if row is None:
+        return error(404, "not_found", "no such return")
+    qr = segno.make_qr(str(row[0]), error="m", boost_error=False)
+    out = io.BytesIO()
+    if request.match_info["ext"] == "svg":
+        qr.save(out, kind="svg", scale=4, border=4)
+        return web.Response(body=out.getvalue(), content_type="image/svg+xml")
+    qr.save(out, kind="png", scale=6, border=4)
+    return web.Response(body=out.getvalue(), content_type="image/png")
+
+
+async def lookup_short_code(request: web.Request) -> web.Response:
+    """``GET /v1/vouchers/{code}``: the return a typed short code belongs to."""
+    try:
+        code = shortcode.normalize(request.match_info["code"])
+    except ShortCodeError as exc:
+        return error(422, "bad_short_code", str(exc), [{"field": "code", "reason": str(exc)}])
+    row = await request.app[GATEWAY].db.fetchone(
+        "SELECT id FROM returns WHERE short_code = ?", (code,)
+    )
+    if row is None:
+        return error(404, "not_found", "no return has this short code")
+    view = await request.app[GATEWAY].return_view(str(row[0]), base_url=_base_url(request))
+    return web.json_response(view)
+
+
+async def carrier_push(request: web.Request) -> web.Response:
+    """``POST /v1/carriers/{carrier}/push``: a carrier's signed tracking push."""
+    gateway = request.app[GATEWAY]
+    carrier = gateway.carriers.get(request.match_info["carrier"])
+    if carrier is None:
+        return error(404, "not_found", "unknown carrier")
+    form = {k: v for k, v in (await request.post()).items() if isinstance(v, str)}
+    try:
+        updates = carrier.parse_push(form)
+    except PushVerificationError as exc:
+        gateway.metrics["carrier_push_rejected"] += 1
+        log.warning("rejected %s push: %s", carrier.name, exc)
+        return web.json_response(carrier.push_reply(False, str(exc)), status=400)
+    await gateway.shipping.apply_tracking(updates, cause_id=f"{carrier.name}-push")
+    gateway.wake()
+    return web.json_response(carrier.push_reply(True))
+
+
+async def health(request: web.Request) -> web.Response:
+    """``GET /v1/health``: is the gateway connected and serving."""
+    gateway = request.app[GATEWAY]
+    return web.json_response({"ok": True, "broker_connected": gateway.broker_connected})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """``GET /v1/metrics``: counters for operators."""
+    return web.json_response(await request.app[GATEWAY].metrics_view())
+
+
+def make_app(gateway: "Gateway") -> web.Application:
+    """The aiohttp application for ``gateway``."""
+    app = web.Application(middlewares=[errors_middleware], client_max_size=256 * 1024)
+    app[GATEWAY] = gateway
+    app.router.add_post("/v1/returns", create_return)
+    app.router.add_get("/v1/returns", list_returns)
+    app.router.add_get("/v1/returns/{id}", get_return)
+    app.router.add_get(r"/v1/returns/{id}/voucher.{ext:png|svg}", voucher_image)
+    app.router.add_get("/v1/vouchers/{code}", lookup_short_code)
+    app.router.add_post("/v1/carriers/{carrier}/push", carrier_push)
+    app.router.add_get("/v1/health", health)
+    app.router.add_get("/v1/metrics", metrics)
+    return app

@@ -1,0 +1,146 @@
+"""Authorizing a return and issuing its voucher (DESIGN §2 flow 1)."""
+
+import json
+import re
+import time
+import uuid
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from gateway.database import Database, Transaction
+from gateway.keys import SigningKeys
+from gateway.returns import Cause, CauseKind, ReturnState, record_creation
+from protocol import shortcode, voucher
+from protocol.ids import ID_PATTERN, uuid7
+from protocol.sizes import SizeClass
+
+
+class _Input(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+
+class Item(_Input):
+    """One returned line of an order."""
+
+    sku: str = Field(min_length=1, max_length=64)
+    name: str = Field(default="", max_length=200)
+    quantity: int = Field(default=1, ge=1, le=999)
+
+
+class Money(_Input):
+    """An amount in minor units (fen, cents)."""
+
+    amount_minor: int = Field(ge=0, le=100_000_000)
+    currency: str = Field(pattern=r"^[A-Z]{3}$")
+
+
+class Customer(_Input):
+    """Who returns the parcel and how to reach them."""
+
+    name: str = Field(min_length=1, max_length=200)
+    email: str | None = Field(default=None, max_length=254)
+    phone: str | None = Field(default=None, max_length=32)
+
+
+class ReturnRequest(_Input):
+    """``POST /v1/returns``: what the merchant's system sends."""
+
+    merchant: str = Field(pattern=r"^[a-z0-9-]{1,16}$")
+    order_id: str = Field(min_length=1, max_length=64)
+    items: list[Item] = Field(min_length=1, max_length=100)
+    reason: str = Field(min_length=1, max_length=200)
+    refund: Money
+    customer: Customer
+    method: Literal["locker", "counter"] = "locker"
+    size: Literal["S", "M", "L", "XL"] = "M"
+    stores: list[str] = Field(default_factory=list, max_length=voucher.MAX_STORES)
+    expires_in_s: int | None = Field(default=None, ge=60, le=90 * 86_400)
+
+    @field_validator("stores")
+    @classmethod
+    def _store_ids(cls, stores: list[str]) -> list[str]:
+        for store in stores:
+            if not re.match(ID_PATTERN, store):
+                raise ValueError(f"invalid store id {store!r}")
+        return stores
+
+
+class UnknownMerchantError(LookupError):
+    """The request names a merchant the gateway does not serve."""
+
+
+class UnknownStoreError(LookupError):
+    """The request scopes the voucher to a store the gateway does not know."""
+
+
+async def authorize(
+    db: Database, keys: SigningKeys, req: ReturnRequest, *, default_ttl_s: int
+) -> str:
+    """Create an ``authorized`` return with its voucher; returns the new return id."""
+    return_id = uuid7()
+    now = time.time()
+    expires_at = int(now + (req.expires_in_s or default_ttl_s))
+    claims = voucher.VoucherClaims.scoped(
+        kid=keys.active_kid,
+        return_id=return_id,
+        merchant=req.merchant,
+        expires_at=expires_at,
+        size=SizeClass[req.size],
+        items=min(255, sum(i.quantity for i in req.items)),
+        stores=tuple(req.stores),
+    )
+    token = voucher.issue(claims, keys.active)
+    async with db.transaction() as tx:
+        await _check_references(tx, req)
+        await _insert(tx, return_id, req, token, expires_at, claims.items, now)
+        await record_creation(tx, str(return_id), ReturnState.AUTHORIZED, Cause(CauseKind.API))
+    return str(return_id)
+
+
+async def _check_references(tx: Transaction, req: ReturnRequest) -> None:
+    if await tx.fetchone("SELECT 1 FROM merchants WHERE id = ?", (req.merchant,)) is None:
+        raise UnknownMerchantError(req.merchant)
+    for store in req.stores:
+        if await tx.fetchone("SELECT 1 FROM stores WHERE id = ?", (store,)) is None:
+            raise UnknownStoreError(store)
+
+
+async def _insert(
+    tx: Transaction,
+    return_id: uuid.UUID,
+    req: ReturnRequest,
+    token: str,
+    expires_at: int,
+    item_count: int,
+    now: float,
+) -> None:
+    while True:
+        code = shortcode.new_short_code()
+        if await tx.fetchone("SELECT 1 FROM returns WHERE short_code = ?", (code,)) is None:
+            break
+    await tx.execute(
+        "INSERT INTO returns (id, merchant, order_id, items, item_count, reason, amount_minor, "
+        "currency, method, size, stores, customer, state, short_code, voucher, expires_at, "
+        "created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            str(return_id),
+            req.merchant,
+            req.order_id,
+            json.dumps([i.model_dump() for i in req.items]),
+            item_count,
+            req.reason,
+            req.refund.amount_minor,
+            req.refund.currency,
+            req.method,
+            req.size,
+            json.dumps(req.stores),
+            req.customer.model_dump_json(),
+            ReturnState.AUTHORIZED.value,
+            code,
+            token,
+            expires_at,
+            now,
+            now,
+        ),
+    )

@@ -1,0 +1,1 @@
+"""Payment adapters behind one interface (DESIGN §8)."""

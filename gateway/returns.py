@@ -1,0 +1,120 @@
+"""The return state machine of DESIGN §3, with every transition recorded with its cause."""
+
+import time
+from dataclasses import dataclass
+from enum import StrEnum
+
+from gateway.database import Transaction
+
+
+class ReturnState(StrEnum):
+    """Where a return stands."""
+
+    REVIEW = "review"
+    AUTHORIZED = "authorized"
+    DROPPED_OFF = "dropped_off"
+    IN_TOTE = "in_tote"
+    SHIPPED = "shipped"
+    IN_TRANSIT = "in_transit"
+    RECEIVED = "received"
+    REFUNDED = "refunded"
+    EXPIRED = "expired"
+    CANCELLED = "cancelled"
+    EXCEPTION = "exception"
+
+
+JOURNEY = [
+    ReturnState.AUTHORIZED,
+    ReturnState.DROPPED_OFF,
+    ReturnState.IN_TOTE,
+    ReturnState.SHIPPED,
+    ReturnState.IN_TRANSIT,
+    ReturnState.RECEIVED,
+    ReturnState.REFUNDED,
+]
+"""The happy path in order. Tracking may skip ahead (a lost push), never go back."""
+
+SIDE_EXITS: dict[ReturnState, frozenset[ReturnState]] = {
+    ReturnState.REVIEW: frozenset({ReturnState.AUTHORIZED, ReturnState.CANCELLED}),
+    ReturnState.AUTHORIZED: frozenset({ReturnState.EXPIRED, ReturnState.CANCELLED}),
+    ReturnState.EXPIRED: frozenset({ReturnState.EXCEPTION}),
+    ReturnState.CANCELLED: frozenset({ReturnState.EXCEPTION}),
+}
+
+
+class CauseKind(StrEnum):
+    """What caused a transition, for the audit trail."""
+
+    API = "api"
+    EVENT = "event"
+    CONSOLIDATION = "consolidation"
+    TRACKING = "tracking"
+    REFUND = "refund"
+    OPERATOR = "operator"
+
+
+@dataclass(frozen=True)
+class Cause:
+    """Why a return moved: the kind of cause and its id (event id, webhook id, ...)."""
+
+    kind: CauseKind
+    id: str | None = None
+
+
+class IllegalTransitionError(ValueError):
+    """The return is not in a state that allows this move."""
+
+
+def can_move(current: ReturnState, target: ReturnState) -> bool:
+    """True when ``current → target`` is allowed."""
+    if target in SIDE_EXITS.get(current, frozenset()):
+        return True
+    if target is ReturnState.EXCEPTION:
+        return current not in (ReturnState.REFUNDED, ReturnState.EXCEPTION)
+    if current in JOURNEY and target in JOURNEY:
+        return JOURNEY.index(target) > JOURNEY.index(current)
+    return False
+
+
+async def record_creation(
+    tx: Transaction, return_id: str, state: ReturnState, cause: Cause
+) -> None:
+    """The first history line of a new return."""
+    await tx.execute(
+        "INSERT INTO return_history (return_id, from_state, to_state, cause_kind, cause_id, at) "
+        "VALUES (?, NULL, ?, ?, ?, ?)",
+        (return_id, state.value, cause.kind.value, cause.id, time.time()),
+    )
+
+
+async def current_state(tx: Transaction, return_id: str) -> ReturnState | None:
+    """The return's state, or None when there is no such return."""
+    row = await tx.fetchone("SELECT state FROM returns WHERE id = ?", (return_id,))
+    return None if row is None else ReturnState(row[0])
+
+
+async def move(
+    tx: Transaction, return_id: str, target: ReturnState, cause: Cause, **columns: object
+) -> ReturnState:
+    """Move a return to ``target`` (setting ``columns`` too) and record why.
+
+    Returns the state it left. Raises :class:`IllegalTransitionError` when the move is not
+    allowed and ``KeyError`` when the return does not exist.
+    """
+    current = await current_state(tx, return_id)
+    if current is None:
+        raise KeyError(return_id)
+    if not can_move(current, target):
+        raise IllegalTransitionError(f"return {return_id}: {current} → {target}")
+    now = time.time()
+    assignments = "".join(f", {name} = ?" for name in columns)
+    await tx.execute(
+        f"UPDATE returns SET state = ?, updated_at = ?{assignments} WHERE id = ?",
+        (target.value, now, *columns.values(), return_id),
+    )
+    await tx.execute(
+        "INSERT INTO return_history (return_id, from_state, to_state, cause_kind, cause_id, at) "
+        "VALUES (?, ?, ?, ?, ?, ?)",
+        (return_id, current.value, target.value, cause.kind.value, cause.id, now),
+    )
+    return current

@@ -1,0 +1,350 @@
+"""The gateway process: wires storage, MQTT, the REST API, carriers, payments and timers."""
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections import Counter
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from gateway import consolidation
+from gateway.api import make_app
+from gateway.carriers.base import Carrier
+from gateway.carriers.kdniao import KdniaoCarrier
+from gateway.commands import CommandDispatcher
+from gateway.config import GatewayConfig
+from gateway.database import Database
+from gateway.ingest import Ingest
+from gateway.keys import SigningKeys
+from gateway.mqtt import Batch, GatewayLink, GatewayLinkDownError
+from gateway.payments.base import PaymentProvider
+from gateway.payments.stripe_like import StripeLikeRefunds
+from gateway.refunds import RefundDesk
+from gateway.shipping import ShippingDesk
+from protocol import envelope, topics
+from protocol.messages import Ack, StoreConfig
+
+log = logging.getLogger(__name__)
+
+
+class Gateway:
+    """One gateway process. ``start()`` brings it up; ``stop()`` takes it down cleanly."""
+
+    def __init__(self, config: GatewayConfig) -> None:
+        self.config = config
+        self.metrics: Counter[str] = Counter()
+        self._db: Database | None = None
+        self._keys: SigningKeys | None = None
+        self._http: aiohttp.ClientSession | None = None
+        self._runner: web.AppRunner | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._wakeup = asyncio.Event()
+        self._ack_seq = 0
+        self.carriers: dict[str, Carrier] = {}
+        self.url = ""
+
+    # ---- life cycle ---------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Open storage, connect to carriers, payments and the broker, serve HTTP."""
+        cfg = self.config
+        self._db = await Database.open(cfg.database)
+        await self._seed()
+        self._keys = await SigningKeys.load_or_create(self._db)
+        self._http = aiohttp.ClientSession()
+        self.carriers = self._make_carriers(self._http)
+        provider = self._make_payments(self._http)
+        self.refunds = RefundDesk(self._db, provider, {})
+        await self.refunds.recover_after_restart()
+        self.shipping = ShippingDesk(self._db, cfg, self.carriers, provider.name)
+        self.ingest = Ingest(self._db, cfg.consolidation, provider.name)
+        self.dispatcher = CommandDispatcher(self._db)
+        self.link = GatewayLink(
+            cfg.broker,
+            client_id=f"gateway-{cfg.http_port}",
+            on_batch=self._on_batch,
+            on_connect=self._on_connect,
+            batch_max=cfg.ingest_batch,
+        )
+        await self._serve_http()
+        self._tasks = [
+            asyncio.create_task(self.link.run(), name="gateway-mqtt"),
+            asyncio.create_task(self._timers(), name="gateway-timers"),
+        ]
+        log.info("gateway listening on %s", self.url)
+
+    def _make_carriers(self, session: aiohttp.ClientSession) -> dict[str, Carrier]:
+        k = self.config.kdniao
+        kdniao = KdniaoCarrier(
+            k.base_url, k.ebusiness_id, k.app_key, session, timeout_s=k.timeout_s
+        )
+        return {kdniao.name: kdniao}
+
+    def _make_payments(self, session: aiohttp.ClientSession) -> PaymentProvider:
+        s = self.config.stripe
+        return StripeLikeRefunds(s.base_url, s.api_key, session, timeout_s=s.timeout_s)
+
+    async def _serve_http(self) -> None:
+        self._runner = web.AppRunner(make_app(self), access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.config.http_host, self.config.http_port)
+        await site.start()
+        server = site._server
+        sockets = getattr(server, "sockets", None) or []
+        port = sockets[0].getsockname()[1] if sockets else self.config.http_port
+        self.url = f"http://{self.config.http_host}:{port}"
+
+    async def stop(self) -> None:
+        """Stop timers, MQTT and HTTP; close storage."""
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+        if self._runner is not None:
+            await self._runner.cleanup()
+        if self._http is not None:
+            await self._http.close()
+        if self._db is not None:
+            await self._db.close()
+
+    async def _seed(self) -> None:
+        async with self.db.transaction() as tx:
+            for m in self.config.merchants:
+                await tx.execute(
+                    "INSERT INTO merchants (id, name, refund_policy, currency) VALUES (?, ?, ?, ?) "
+                    "ON CONFLICT (id) DO UPDATE SET name = excluded.name, "
+                    "refund_policy = excluded.refund_policy, currency = excluded.currency",
+                    (m.id, m.name, m.refund_policy.value, m.currency),
+                )
+            for s in self.config.stores:
+                await tx.execute(
+                    "INSERT INTO stores (id, name) VALUES (?, ?) "
+                    "ON CONFLICT (id) DO UPDATE SET name = excluded.name",
+                    (s.id, s.name),
+                )
+
+    # ---- accessors ----------------------------------------------------------------------
+
+    @property
+    def db(self) -> Database:
+        """The gateway database (after :meth:`start`)."""
+        assert self._db is not None, "gateway not started"
+        return self._db
+
+    @property
+    def keys(self) -> SigningKeys:
+        """The voucher signing keys (after :meth:`start`)."""
+        assert self._keys is not None, "gateway not started"
+        return self._keys
+
+    @property
+    def broker_connected(self) -> bool:
+        """True while the MQTT link is up."""
+        return self.link.connected.is_set()
+
+    def wake(self) -> None:
+        """New work was committed: run the timers now rather than at the next tick."""
+        self._wakeup.set()
+
+    # ---- MQTT ---------------------------------------------------------------------------
+
+    async def _on_connect(self) -> None:
+        await self.publish_store_configs()
+        await self._dispatch_commands()
+
+    async def publish_store_configs(self) -> None:
+        """Publish every store's config, retained, bumping its version when it changed."""
+        for store in self.config.stores:
+            config = await self._store_config(store.id)
+            env = envelope.make(config, store=store.id, device="gateway", seq=0, session=0)
+            await self.link.publish(
+                topics.store_config(store.id), envelope.encode(env), retain=True
+            )
+
+    async def _store_config(self, store: str) -> StoreConfig:
+        """The store's config; its version goes up whenever its content changes."""
+        keys = self.keys.public_texts()
+        async with self.db.transaction() as tx:
+            revoked = await tx.fetchall(
+                "SELECT id FROM returns WHERE state = 'cancelled' AND expires_at > ? ORDER BY id",
+                (time.time(),),
+            )
+            content = {"voucher_keys": keys, "revoked_returns": [str(r[0]) for r in revoked]}
+            row = await tx.fetchone(
+                "SELECT config_version, config_body FROM stores WHERE id = ?", (store,)
+            )
+            version, body = (int(row[0]), row[1]) if row else (0, None)
+            text = json.dumps(content, sort_keys=True)
+            if text != body:
+                version += 1
+                await tx.execute(
+                    "UPDATE stores SET config_version = ?, config_body = ? WHERE id = ?",
+                    (version, text, store),
+                )
+        return StoreConfig(store=store, version=version, **content)
+
+    async def _on_batch(self, batch: Batch) -> None:
+        result = await self.ingest.handle(batch)
+        try:
+            self._publish_acks(result.acks)
+        except GatewayLinkDownError as exc:
+            # Committed all the same: the kiosks resend and get their ack from the duplicate.
+            log.info("acks wait for the kiosks' retries: %s", exc)
+        if result.work:
+            self.wake()
+
+    def _publish_acks(self, acks: dict[tuple[str, str], list[str]]) -> None:
+        """Application acks go out without waiting for PUBACKs: a lost ack costs a resend."""
+        for (store, device), ids in acks.items():
+            for start in range(0, len(ids), 1000):
+                self._ack_seq += 1
+                ack = Ack(ids=ids[start : start + 1000])
+                env = envelope.make(ack, store=store, device=device, seq=self._ack_seq, session=0)
+                self.link.publish_nowait(topics.ack(store, device), envelope.encode(env))
+
+    async def _dispatch_commands(self) -> None:
+        try:
+            await self.dispatcher.dispatch(self.link.publish)
+        except GatewayLinkDownError as exc:
+            log.info("commands wait for the broker: %s", exc)
+
+    # ---- timers -------------------------------------------------------------------------
+
+    async def _timers(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.config.tick_s):
+                    await self._wakeup.wait()
+            self._wakeup.clear()
+            try:
+                await self._run_due_work()
+            except Exception:
+                log.exception("timer work failed; will retry at the next tick")
+
+    async def _run_due_work(self) -> None:
+        closed = await consolidation.close_due(self.db, self.config.consolidation)
+        if closed:
+            log.info("closed %d tote(s) at their cutoff", len(closed))
+        await self.shipping.book_due()
+        await self._dispatch_commands()
+        await self.refunds.process_due()
+
+    # ---- views --------------------------------------------------------------------------
+
+    async def return_view(
+        self, return_id: str, *, base_url: str = "", history: bool = False
+    ) -> dict[str, Any] | None:
+        """The JSON the API shows for one return."""
+        async with self.db.transaction() as tx:
+            row = await tx.fetchone(
+                "SELECT id, merchant, order_id, state, short_code, voucher, expires_at, method, "
+                "size, item_count, amount_minor, currency, store, device, tote_id, created_at, "
+                "updated_at, reason FROM returns WHERE id = ?",
+                (return_id,),
+            )
+            if row is None:
+                return None
+            refund = await tx.fetchone(
+                "SELECT status, provider, provider_refund_id, attempts FROM refunds "
+                "WHERE return_id = ?",
+                (return_id,),
+            )
+            lines = (
+                await tx.fetchall(
+                    "SELECT from_state, to_state, cause_kind, cause_id, at FROM return_history "
+                    "WHERE return_id = ? ORDER BY id",
+                    (return_id,),
+                )
+                if history
+                else []
+            )
+        return _return_json(row, refund, lines, base_url, history)
+
+    async def list_returns(
+        self, *, state: str | None, merchant: str | None, limit: int
+    ) -> list[dict[str, Any]]:
+        """Returns, newest first, filtered by state and merchant."""
+        rows = await self.db.fetchall(
+            "SELECT id, state, merchant, order_id, tote_id, updated_at FROM returns "
+            "WHERE (? IS NULL OR state = ?) AND (? IS NULL OR merchant = ?) "
+            "ORDER BY created_at DESC LIMIT ?",
+            (state, state, merchant, merchant, limit),
+        )
+        keys = ("id", "state", "merchant", "order_id", "tote_id", "updated_at")
+        return [dict(zip(keys, r, strict=True)) for r in rows]
+
+    async def metrics_view(self) -> dict[str, Any]:
+        """Counters and queue depths for operators."""
+        stats = self.ingest.stats
+        counts = await self.db.fetchall("SELECT state, count(*) FROM returns GROUP BY state")
+        dead = await self.db.fetchone("SELECT count(*) FROM dead_letters")
+        return {
+            "returns_by_state": {str(s): int(n) for s, n in counts},
+            "events_received": stats.received,
+            "events_stored": stats.stored,
+            "events_duplicate": stats.duplicates,
+            "dead_letters": dict(stats.dead_letters),
+            "dead_letters_total": int(dead[0]) if dead else 0,
+            "faults": stats.faults,
+            "rejected_scans": stats.rejected_scans,
+            "totes_booked": self.shipping.booked,
+            "booking_failures": self.shipping.booking_failures,
+            "refunds_issued": self.refunds.issued,
+            "refunds_reconciled": self.refunds.reconciled,
+            "commands_sent": self.dispatcher.sent,
+            **self.metrics,
+        }
+
+
+def _return_json(
+    row: tuple[Any, ...],
+    refund: tuple[Any, ...] | None,
+    lines: list[tuple[Any, ...]],
+    base_url: str,
+    history: bool,
+) -> dict[str, Any]:
+    (rid, merchant, order_id, state, code, token, expires_at, method, size, items, amount,
+     currency, store, device, tote_id, created_at, updated_at, reason) = row  # fmt: skip
+    view: dict[str, Any] = {
+        "id": rid,
+        "merchant": merchant,
+        "order_id": order_id,
+        "state": state,
+        "method": method,
+        "size": size,
+        "item_count": items,
+        "reason": reason,
+        "refund_amount": {"amount_minor": amount, "currency": currency},
+        "voucher": {
+            "token": token,
+            "short_code": code,
+            "short_code_display": f"{code[:4]}-{code[4:8]}-{code[8:]}",
+            "expires_at": expires_at,
+            "qr_png": f"{base_url}/v1/returns/{rid}/voucher.png",
+            "qr_svg": f"{base_url}/v1/returns/{rid}/voucher.svg",
+        },
+        "dropoff": {"store": store, "device": device} if store else None,
+        "tote_id": tote_id,
+        "refund": None
+        if refund is None
+        else {
+            "status": refund[0],
+            "provider": refund[1],
+            "refund_id": refund[2],
+            "attempts": refund[3],
+        },
+        "created_at": created_at,
+        "updated_at": updated_at,
+    }
+    if history:
+        view["history"] = [
+            {"from": f, "to": t, "cause": {"kind": k, "id": c}, "at": at}
+            for f, t, k, c, at in lines
+        ]
+    return view

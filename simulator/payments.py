@@ -1,0 +1,123 @@
+"""A Stripe-style refunds API on loopback, with true idempotency and fault knobs."""
+
+import asyncio
+import itertools
+import random
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+
+@dataclass
+class PaymentKnobs:
+    """Fault injection. Rates are probabilities per refund request."""
+
+    latency_s: float = 0.0
+    error_rate: float = 0.0  # HTTP 500 before doing anything
+    timeout_rate: float = 0.0  # refund made, reply held past the client's patience
+    timeout_hold_s: float = 30.0
+    decline_rate: float = 0.0
+    seed: int = 0
+
+
+class PaymentsSimulator:
+    """Serves ``/v1/refunds``. ``refund_count(return_id)`` is what tests assert on."""
+
+    def __init__(
+        self, api_key: str, *, webhook_secret: str = "", knobs: PaymentKnobs | None = None
+    ) -> None:
+        self.api_key = api_key
+        self.webhook_secret = webhook_secret
+        self.knobs = knobs or PaymentKnobs()
+        self.refunds: list[dict[str, Any]] = []
+        self._idempotency: dict[str, tuple[dict[str, str], int, dict[str, Any]]] = {}
+        self._ids = itertools.count(1)
+        self._rng = random.Random(self.knobs.seed)
+        self._runner: web.AppRunner | None = None
+        self.requests = 0
+
+    async def start(self) -> str:
+        """Serve on 127.0.0.1 and a free port; returns the base URL."""
+        app = web.Application()
+        app.router.add_post("/v1/refunds", self._create)
+        app.router.add_get("/v1/refunds", self._list)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        return f"http://127.0.0.1:{self._runner.addresses[0][1]}"
+
+    async def stop(self) -> None:
+        """Stop serving."""
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    def refunds_for(self, return_id: str) -> list[dict[str, Any]]:
+        """Every refund made for a return."""
+        return [r for r in self.refunds if r["metadata"].get("return_id") == return_id]
+
+    def refund_count(self, return_id: str) -> int:
+        """How many refunds were made for a return (exactly once means 1)."""
+        return len(self.refunds_for(return_id))
+
+    @staticmethod
+    def _error(status: int, kind: str, code: str, message: str) -> web.Response:
+        body = {"error": {"type": kind, "code": code, "message": message}}
+        return web.json_response(body, status=status)
+
+    def _authorized(self, request: web.Request) -> bool:
+        return request.headers.get("Authorization") == f"Bearer {self.api_key}"
+
+    async def _create(self, request: web.Request) -> web.Response:
+        self.requests += 1
+        if not self._authorized(request):
+            return self._error(401, "invalid_request_error", "unauthorized", "bad API key")
+        k = self.knobs
+        if k.latency_s:
+            await asyncio.sleep(k.latency_s)  # simulated provider latency
+        if self._rng.random() < k.error_rate:
+            return self._error(500, "api_error", "internal", "try again")
+        params = {key: str(v) for key, v in (await request.post()).items()}
+        key = request.headers.get("Idempotency-Key")
+        if key and key in self._idempotency:
+            seen_params, status, body = self._idempotency[key]
+            if seen_params != params:
+                return self._error(400, "idempotency_error", "idempotency_key_in_use",
+                                   "keys must be reused with the same parameters")  # fmt: skip
+            return web.json_response(body, status=status)
+        status, body = self._make_refund(params)
+        if key:
+            self._idempotency[key] = (params, status, body)
+        if status == 200 and self._rng.random() < k.timeout_rate:
+            await asyncio.sleep(k.timeout_hold_s)  # committed; the client will time out
+        return web.json_response(body, status=status)
+
+    def _make_refund(self, params: dict[str, str]) -> tuple[int, dict[str, Any]]:
+        try:
+            amount = int(params["amount"])
+        except (KeyError, ValueError):
+            return 400, {"error": {"type": "invalid_request_error", "code": "parameter_invalid",
+                                   "message": "amount"}}  # fmt: skip
+        if self._rng.random() < self.knobs.decline_rate:
+            return 402, {"error": {"type": "card_error", "code": "refund_declined",
+                                   "message": "the bank declined the refund"}}  # fmt: skip
+        metadata = {k[9:-1]: v for k, v in params.items() if k.startswith("metadata[")}
+        refund = {
+            "id": f"re_{next(self._ids):08d}",
+            "object": "refund",
+            "amount": amount,
+            "currency": params.get("currency", "cny"),
+            "status": "succeeded",
+            "metadata": metadata,
+            "payment_intent": params.get("payment_intent"),
+        }
+        self.refunds.append(refund)
+        return 200, refund
+
+    async def _list(self, request: web.Request) -> web.Response:
+        if not self._authorized(request):
+            return self._error(401, "invalid_request_error", "unauthorized", "bad API key")
+        return_id = request.query.get("metadata[return_id]")
+        data = self.refunds if return_id is None else self.refunds_for(return_id)
+        return web.json_response({"object": "list", "data": data, "has_more": False})
