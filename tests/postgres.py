@@ -72,7 +72,7 @@ class PrivateCluster:
 
     async def wait_ready(self, timeout_s: float = 30.0) -> None:
         async with asyncio.timeout(timeout_s):
-            while not await reachable(self.url):
+            while not await reachable(self.url):  # noqa: ASYNC110 - a port, no event
                 await asyncio.sleep(0.1)  # polling a port: there is no event to await
 
     def stop(self) -> None:
