@@ -1,6 +1,7 @@
 """The return state machine of DESIGN §3, with every transition recorded with its cause."""
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -76,20 +77,43 @@ def can_move(current: ReturnState, target: ReturnState) -> bool:
     return False
 
 
+@dataclass(frozen=True)
+class Transition:
+    """One return's move, for the history (and everything that follows from it)."""
+
+    return_id: str
+    from_state: ReturnState | None
+    to_state: ReturnState
+    cause: Cause
+
+
+async def record_transitions(tx: Transaction, transitions: Sequence[Transition]) -> None:
+    """Write the history lines of moves already applied to the ``returns`` rows."""
+    now = time.time()
+    await tx.executemany(
+        "INSERT INTO return_history (return_id, from_state, to_state, cause_kind, cause_id, at) "
+        "VALUES (?, ?, ?, ?, ?, ?)",
+        [
+            (t.return_id, t.from_state.value if t.from_state else None, t.to_state.value,
+             t.cause.kind.value, t.cause.id, now)
+            for t in transitions
+        ],
+    )  # fmt: skip
+
+
 async def record_creation(
     tx: Transaction, return_id: str, state: ReturnState, cause: Cause
 ) -> None:
     """The first history line of a new return."""
-    await tx.execute(
-        "INSERT INTO return_history (return_id, from_state, to_state, cause_kind, cause_id, at) "
-        "VALUES (?, NULL, ?, ?, ?, ?)",
-        (return_id, state.value, cause.kind.value, cause.id, time.time()),
-    )
+    await record_transitions(tx, [Transition(return_id, None, state, cause)])
 
 
 async def current_state(tx: Transaction, return_id: str) -> ReturnState | None:
-    """The return's state, or None when there is no such return."""
-    row = await tx.fetchone("SELECT state FROM returns WHERE id = ?", (return_id,))
+    """The return's state, locked for the rest of the transaction; None when there is no
+    such return."""
+    row = await tx.fetchone(
+        "SELECT state FROM returns WHERE id = ?" + tx.for_update(), (return_id,)
+    )
     return None if row is None else ReturnState(row[0])
 
 
@@ -106,15 +130,10 @@ async def move(
         raise KeyError(return_id)
     if not can_move(current, target):
         raise IllegalTransitionError(f"return {return_id}: {current} → {target}")
-    now = time.time()
     assignments = "".join(f", {name} = ?" for name in columns)
     await tx.execute(
         f"UPDATE returns SET state = ?, updated_at = ?{assignments} WHERE id = ?",
-        (target.value, now, *columns.values(), return_id),
+        (target.value, time.time(), *columns.values(), return_id),
     )
-    await tx.execute(
-        "INSERT INTO return_history (return_id, from_state, to_state, cause_kind, cause_id, at) "
-        "VALUES (?, ?, ?, ?, ?, ?)",
-        (return_id, current.value, target.value, cause.kind.value, cause.id, now),
-    )
+    await record_transitions(tx, [Transition(return_id, current, target, cause)])
     return current

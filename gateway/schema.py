@@ -149,6 +149,38 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (store, device)
     );
     """,
+    # 2: per-device ordering, kiosk faults, tote capacity
+    """
+    CREATE TABLE device_cursors (
+        device_key TEXT PRIMARY KEY,
+        store TEXT NOT NULL,
+        device TEXT NOT NULL,
+        applied_seq BIGINT NOT NULL,
+        pending BIGINT NOT NULL
+    );
+    CREATE TABLE pending_events (
+        event_id TEXT PRIMARY KEY REFERENCES events (id),
+        device_key TEXT NOT NULL,
+        store TEXT NOT NULL,
+        device TEXT NOT NULL,
+        seq BIGINT NOT NULL,
+        received_at DOUBLE PRECISION NOT NULL
+    );
+    CREATE INDEX pending_events_device ON pending_events (device_key);
+    CREATE TABLE kiosk_faults (
+        event_id TEXT PRIMARY KEY REFERENCES events (id),
+        store TEXT NOT NULL,
+        device TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        compartment TEXT,
+        detail TEXT NOT NULL,
+        at DOUBLE PRECISION NOT NULL,
+        resolved_at DOUBLE PRECISION
+    );
+    CREATE INDEX kiosk_faults_open ON kiosk_faults (store, device) WHERE resolved_at IS NULL;
+    ALTER TABLE totes ADD COLUMN weight_kg DOUBLE PRECISION NOT NULL DEFAULT 0;
+    ALTER TABLE totes ADD COLUMN volume_l DOUBLE PRECISION NOT NULL DEFAULT 0
+    """,
 ]
 
 

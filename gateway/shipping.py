@@ -68,27 +68,29 @@ class ShippingDesk:
     async def book_due(self) -> int:
         """Book every closed tote that is due; returns how many were booked now."""
         rows = await self._db.fetchall(
-            "SELECT id, store, item_count, booking_attempts FROM totes "
+            "SELECT id, store, item_count, weight_kg, booking_attempts FROM totes "
             "WHERE state = 'closed' AND next_attempt_at <= ? ORDER BY closed_at LIMIT 50",
             (time.time(),),
         )
         booked = 0
-        for tote_id, store, count, attempts in rows:
+        for tote_id, store, count, weight_kg, attempts in rows:
             try:
-                await self._book(str(tote_id), str(store), int(count))
+                await self._book(str(tote_id), str(store), int(count), float(weight_kg))
                 booked += 1
             except CarrierError as exc:
                 await self._booking_failed(str(tote_id), int(attempts), exc)
         return booked
 
-    def _shipment_request(self, tote_id: str, store: str, count: int) -> ShipmentRequest:
+    def _shipment_request(
+        self, tote_id: str, store: str, count: int, weight_kg: float
+    ) -> ShipmentRequest:
         start = datetime.now(UTC) + timedelta(hours=1)
         return ShipmentRequest(
             order_code=tote_id,
             sender=_address(self._stores[store].address),
             receiver=_address(self._config.warehouse),
             parcel=Parcel(
-                weight_kg=count * self._config.consolidation.est_item_weight_kg,
+                weight_kg=weight_kg,
                 count=1,
                 description=f"returns tote, {count} parcels",
             ),
@@ -96,9 +98,9 @@ class ShippingDesk:
             pickup_end=start + timedelta(hours=2),
         )
 
-    async def _book(self, tote_id: str, store: str, count: int) -> None:
+    async def _book(self, tote_id: str, store: str, count: int, weight_kg: float) -> None:
         carrier = self._carriers[self._stores[store].carrier]
-        req = self._shipment_request(tote_id, store, count)
+        req = self._shipment_request(tote_id, store, count, weight_kg)
         shipment = await carrier.create_shipment(req)
         booking = await carrier.book_pickup(shipment, req)
         await carrier.subscribe(shipment)

@@ -47,7 +47,7 @@ class SqliteTransaction:
         async with self._c.execute(sql, params) as cursor:
             return [tuple(r) for r in await cursor.fetchall()]
 
-    def for_update(self, *, skip_locked: bool = False) -> str:
+    def for_update(self, *, of: str | None = None, skip_locked: bool = False) -> str:
         """Nothing: a SQLite write transaction already excludes every other."""
         return ""
 
