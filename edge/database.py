@@ -66,7 +66,7 @@ def _serialized(
     """Run one public method at a time on the shared connection."""
 
     @functools.wraps(method)
-    async def serialized(self: "EdgeDatabase", *args: P.args, **kwargs: P.kwargs) -> T:
+    async def serialized(self: "EdgeDatabase", /, *args: P.args, **kwargs: P.kwargs) -> T:
         async with self._lock:
             return await method(self, *args, **kwargs)
 
