@@ -133,6 +133,7 @@ class BrokerSettings(_Model):
     max_inflight: int = Field(default=1000, ge=1, le=65_000)
     inbox_limit: int = Field(default=20_000, ge=1)
     publish_timeout_s: float = 10.0
+    batches_in_flight: int = Field(default=2, ge=1, le=16)
 
 
 class GatewayConfig(_Model):

@@ -17,21 +17,36 @@ from gateway import consolidation, refunds
 from gateway.config import ConsolidationRules, RefundPolicy
 from gateway.consolidation import Parcel
 from gateway.database import Transaction, placeholders
-from gateway.returns import Cause, CauseKind, ReturnState, Transition, can_move, record_transitions
+from gateway.returns import (
+    STATES,
+    Cause,
+    CauseKind,
+    ReturnState,
+    Transition,
+    can_move,
+    record_transitions,
+)
 from protocol import envelope, topics
 from protocol.envelope import Envelope
 from protocol.messages import Dropoff
 
 log = logging.getLogger(__name__)
 
+AUTHORIZED, DROPPED_OFF, IN_TOTE = (
+    ReturnState.AUTHORIZED,
+    ReturnState.DROPPED_OFF,
+    ReturnState.IN_TOTE,
+)
 
-@dataclass(frozen=True)
+
 class _Return:
-    state: ReturnState
-    policy: RefundPolicy
-    size: str
-    amount_minor: int
-    currency: str
+    """A return as the batch sees it: its state moves as the batch's events apply."""
+
+    __slots__ = ("amount_minor", "currency", "policy", "size", "state")
+
+    def __init__(self, state: str, policy: str, size: str, amount_minor: int, currency: str):
+        self.state, self.policy, self.size = state, policy, size
+        self.amount_minor, self.currency = amount_minor, currency
 
 
 @dataclass
@@ -59,19 +74,19 @@ class DropoffDesk:
         for event in events:
             body: Dropoff = event.body
             found = returns.get(body.return_id)
-            cause = Cause(CauseKind.EVENT, str(event.id))
             if found is None:
                 await self._unknown(tx, event)
-            elif found.state is ReturnState.AUTHORIZED:
+            elif found.state == ReturnState.AUTHORIZED:
                 accepted.append(event)
-                returns[body.return_id] = _moved(found, ReturnState.IN_TOTE)
-            elif can_move(found.state, ReturnState.EXCEPTION):
+                found.state = ReturnState.IN_TOTE
+            elif can_move(STATES[found.state], ReturnState.EXCEPTION):
                 # A parcel is physically in our hands for a return we did not expect there
                 # (cancelled or expired after the kiosk last synced, or dropped twice).
+                cause = Cause(CauseKind.EVENT, str(event.id))
                 surprises.append(
-                    Transition(body.return_id, found.state, ReturnState.EXCEPTION, cause)
+                    Transition(body.return_id, STATES[found.state], ReturnState.EXCEPTION, cause)
                 )
-                returns[body.return_id] = _moved(found, ReturnState.EXCEPTION)
+                found.state = ReturnState.EXCEPTION
         await self._accept(tx, accepted, returns)
         await self._to_exception(tx, surprises)
         return bool(accepted or surprises)
@@ -83,9 +98,8 @@ class DropoffDesk:
             return
         by_store: dict[str, list[Parcel]] = defaultdict(list)
         for event in events:
-            by_store[event.store].append(
-                Parcel(event.body.return_id, returns[event.body.return_id].size)
-            )
+            rid = event.body.return_id
+            by_store[event.store].append(Parcel(rid, returns[rid].size))
         tote_of: dict[str, str] = {}
         for store, parcels in sorted(by_store.items()):
             placement = await consolidation.add_to_totes(tx, store, parcels, self._rules)
@@ -93,45 +107,27 @@ class DropoffDesk:
             for tote_id, reason in placement.closed:
                 log.info("tote %s of %s closed: %s", tote_id, store, reason)
         now = time.time()
+        updates = []
+        transitions: list[Transition] = []
+        refunds_due: list[tuple[str, int, str]] = []
+        for e in events:
+            rid = e.body.return_id
+            tote_id = tote_of[rid]
+            updates.append((ReturnState.IN_TOTE, e.store, e.device, tote_id, now, rid))
+            transitions += (
+                Transition(rid, AUTHORIZED, DROPPED_OFF, Cause(CauseKind.EVENT, str(e.id))),
+                Transition(rid, DROPPED_OFF, IN_TOTE, Cause(CauseKind.CONSOLIDATION, tote_id)),
+            )
+            found = returns[rid]
+            if found.policy == RefundPolicy.ON_DROPOFF:
+                refunds_due.append((rid, found.amount_minor, found.currency))
         await tx.executemany(
             "UPDATE returns SET state = ?, store = ?, device = ?, tote_id = ?, updated_at = ? "
             "WHERE id = ?",
-            [
-                (ReturnState.IN_TOTE.value, e.store, e.device, tote_of[e.body.return_id], now,
-                 e.body.return_id)
-                for e in events
-            ],
-        )  # fmt: skip
-        transitions: list[Transition] = []
-        for e in events:
-            rid = e.body.return_id
-            transitions.append(
-                Transition(
-                    rid,
-                    ReturnState.AUTHORIZED,
-                    ReturnState.DROPPED_OFF,
-                    Cause(CauseKind.EVENT, str(e.id)),
-                )
-            )
-            transitions.append(
-                Transition(
-                    rid,
-                    ReturnState.DROPPED_OFF,
-                    ReturnState.IN_TOTE,
-                    Cause(CauseKind.CONSOLIDATION, tote_of[rid]),
-                )
-            )
-        await record_transitions(tx, transitions)
-        instant = [
-            (e.body.return_id, returns[e.body.return_id])
-            for e in events
-            if returns[e.body.return_id].policy is RefundPolicy.ON_DROPOFF
-        ]
-        await refunds.request_many(
-            tx,
-            [(rid, r.amount_minor, r.currency) for rid, r in instant],
-            self._refund_provider,
+            updates,
         )
+        await record_transitions(tx, transitions)
+        await refunds.request_many(tx, refunds_due, self._refund_provider)
         self.stats.accepted += len(events)
 
     async def _to_exception(self, tx: Transaction, surprises: list[Transition]) -> None:
@@ -168,10 +164,6 @@ class DropoffDesk:
         )
 
 
-def _moved(found: _Return, state: ReturnState) -> _Return:
-    return _Return(state, found.policy, found.size, found.amount_minor, found.currency)
-
-
 async def _lock_returns(tx: Transaction, return_ids: list[str]) -> dict[str, _Return]:
     """The returns named, locked in id order (so that replicas never deadlock)."""
     found: dict[str, _Return] = {}
@@ -184,7 +176,5 @@ async def _lock_returns(tx: Transaction, return_ids: list[str]) -> dict[str, _Re
             chunk,
         )
         for rid, state, policy, size, amount, currency in rows:
-            found[str(rid)] = _Return(
-                ReturnState(state), RefundPolicy(policy), str(size), int(amount), str(currency)
-            )
+            found[rid] = _Return(state, policy, size, amount, currency)
     return found

@@ -67,6 +67,7 @@ class BatchResult:
 @dataclass
 class _Decoded:
     events: list[Event] = field(default_factory=list)
+    raw: dict[str, bytes] = field(default_factory=dict)  # event id → payload as received
     statuses: list[Event] = field(default_factory=list)
     dead: list[tuple[str, bytes, str, str]] = field(default_factory=list)
 
@@ -92,7 +93,7 @@ class Ingest:
             await self._dead_letter(tx, decoded.dead)
             await _record_presence(tx, decoded.statuses)
             if decoded.events:
-                new = await self._store(tx, decoded.events)
+                new = await self._store(tx, decoded)
                 result.work = await self._apply_in_order(tx, new)
         for event in decoded.events:
             result.acks[(event.store, event.device)].append(str(event.id))
@@ -105,7 +106,7 @@ class Ingest:
         for topic, payload in batch:
             try:
                 where = topics.parse(topic)
-                message = envelope.decode(payload)
+                message = envelope.decode(payload, where.message_type)
                 if (where.store, where.device) != (message.store, message.device):
                     raise ProtocolError(
                         "envelope names another device than its topic", reason="topic_mismatch"
@@ -115,6 +116,7 @@ class Ingest:
                 continue
             if message.type in ACKED_TYPES:
                 out.events.append(message)
+                out.raw[str(message.id)] = payload
             elif isinstance(message.body, Status):
                 out.statuses.append(message)
             else:
@@ -136,24 +138,25 @@ class Ingest:
 
     # ---- 2. store -----------------------------------------------------------------------
 
-    async def _store(self, tx: Transaction, events: list[Event]) -> list[Event]:
-        """Insert the events; returns the ones that were new, in batch order."""
-        unique = list({e.id: e for e in events}.values())
+    async def _store(self, tx: Transaction, decoded: _Decoded) -> list[Event]:
+        """Insert the events (as received); returns the ones that were new, in batch order."""
+        events = decoded.events
+        unique = {str(e.id): e for e in events}
         now = time.time()
         rows = [
-            (str(e.id), e.store, e.device, e.seq, e.session, e.type, int(e.historical),
-             e.body.model_dump_json(), e.ts, now)
-            for e in unique
+            (eid, e.store, e.device, e.seq, e.session, e.type, int(e.historical),
+             decoded.raw[eid].decode(), e.ts, now)
+            for eid, e in unique.items()
         ]  # fmt: skip
         inserted = await tx.fetchall(
-            "INSERT INTO events (id, store, device, seq, session, type, historical, body, ts, "
-            "received_at) VALUES "
+            "INSERT INTO events (id, store, device, seq, session, type, historical, envelope, "
+            "ts, received_at) VALUES "
             + ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"] * len(rows))
             + " ON CONFLICT (id) DO NOTHING RETURNING id",
             [value for row in rows for value in row],
         )
         new_ids = {r[0] for r in inserted}
-        new = [e for e in unique if str(e.id) in new_ids]
+        new = [e for eid, e in unique.items() if eid in new_ids]
         self.stats.stored += len(new)
         self.stats.duplicates += len(events) - len(new)
         return new
@@ -296,21 +299,10 @@ async def _lock_cursors(
 
 async def _load_pending(tx: Transaction, event_ids: list[str]) -> list[Event]:
     rows = await tx.fetchall(
-        "SELECT id, type, store, device, seq, session, historical, ts, body FROM events "
-        f"WHERE id IN ({placeholders(len(event_ids))})",
+        f"SELECT type, envelope FROM events WHERE id IN ({placeholders(len(event_ids))})",
         event_ids,
     )
-    return [_event_from_row(row) for row in rows]
-
-
-def _event_from_row(row: tuple[Any, ...]) -> Event:
-    event_id, event_type, store, device, seq, session, historical, ts, body = row
-    raw = (
-        f'{{"id":"{event_id}","type":"{event_type}","store":"{store}","device":"{device}",'
-        f'"seq":{int(seq)},"session":{int(session)},"ts":{float(ts)!r},'
-        f'"historical":{"true" if historical else "false"},"body":{body}}}'
-    )
-    return envelope.decode(raw)
+    return [envelope.decode(raw, event_type) for event_type, raw in rows]
 
 
 async def _save_cursors(

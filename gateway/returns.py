@@ -2,8 +2,8 @@
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from enum import StrEnum
+from typing import NamedTuple
 
 from gateway.database import Transaction
 
@@ -54,8 +54,7 @@ class CauseKind(StrEnum):
     OPERATOR = "operator"
 
 
-@dataclass(frozen=True)
-class Cause:
+class Cause(NamedTuple):
     """Why a return moved: the kind of cause and its id (event id, webhook id, ...)."""
 
     kind: CauseKind
@@ -64,6 +63,10 @@ class Cause:
 
 class IllegalTransitionError(ValueError):
     """The return is not in a state that allows this move."""
+
+
+STATES = {s.value: s for s in ReturnState}
+"""A state by its stored text (faster than ``ReturnState(text)`` in hot loops)."""
 
 
 def can_move(current: ReturnState, target: ReturnState) -> bool:
@@ -77,8 +80,7 @@ def can_move(current: ReturnState, target: ReturnState) -> bool:
     return False
 
 
-@dataclass(frozen=True)
-class Transition:
+class Transition(NamedTuple):
     """One return's move, for the history (and everything that follows from it)."""
 
     return_id: str
@@ -93,12 +95,12 @@ async def record_transitions(tx: Transaction, transitions: Sequence[Transition])
     await tx.executemany(
         "INSERT INTO return_history (return_id, from_state, to_state, cause_kind, cause_id, at) "
         "VALUES (?, ?, ?, ?, ?, ?)",
+        # States and cause kinds are StrEnums: both drivers bind them as text.
         [
-            (t.return_id, t.from_state.value if t.from_state else None, t.to_state.value,
-             t.cause.kind.value, t.cause.id, now)
+            (t.return_id, t.from_state, t.to_state, t.cause.kind, t.cause.id, now)
             for t in transitions
         ],
-    )  # fmt: skip
+    )
 
 
 async def record_creation(

@@ -55,7 +55,7 @@ MIGRATIONS: list[str] = [
         updated_at DOUBLE PRECISION NOT NULL
     );
     CREATE INDEX returns_tote ON returns (tote_id);
-    CREATE INDEX returns_state ON returns (state);
+    CREATE INDEX returns_merchant_created ON returns (merchant, created_at);
     CREATE TABLE return_history (
         id AUTO_ID,
         return_id TEXT NOT NULL REFERENCES returns (id),
@@ -74,11 +74,10 @@ MIGRATIONS: list[str] = [
         session BIGINT NOT NULL,
         type TEXT NOT NULL,
         historical BIGINT NOT NULL,
-        body TEXT NOT NULL,
+        envelope TEXT NOT NULL,
         ts DOUBLE PRECISION NOT NULL,
         received_at DOUBLE PRECISION NOT NULL
     );
-    CREATE INDEX events_device_seq ON events (store, device, seq);
     CREATE TABLE dead_letters (
         id AUTO_ID,
         topic TEXT NOT NULL,
