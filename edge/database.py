@@ -1,8 +1,10 @@
 """The kiosk's one SQLite file: outbox, used vouchers, revocations, keys, compartments,
-seen command ids and the cached store config (DESIGN §7).
+seen command ids, the cached store config, and what a day offline needs: typed short codes
+of this store's vouchers and the pickup codes of the parcels in the lockers (DESIGN §7).
 
 WAL with ``synchronous=FULL``: power can fail at any instruction (DESIGN §5 rule 8), and a
-drop-off the shopper was told about must survive it.
+drop-off the shopper was told about must survive it. The schema is versioned with SQLite's
+``user_version`` so that a kiosk updated in the field upgrades its file in place.
 """
 
 import json
@@ -40,6 +42,49 @@ CREATE TABLE IF NOT EXISTS compartments (
 CREATE TABLE IF NOT EXISTS seen_commands (id TEXT PRIMARY KEY, seen_at REAL NOT NULL);
 """
 
+MIGRATIONS = [
+    SCHEMA,
+    # 2: kiosk flows (issue 3)
+    """
+    ALTER TABLE compartments ADD COLUMN occupant_kind TEXT;
+    CREATE TABLE short_codes (
+        code       TEXT PRIMARY KEY,
+        token      TEXT NOT NULL,
+        expires_at REAL NOT NULL
+    );
+    CREATE TABLE pickup_codes (
+        code_hash   TEXT PRIMARY KEY,
+        parcel_id   TEXT NOT NULL UNIQUE,
+        compartment TEXT NOT NULL,
+        valid_until REAL NOT NULL
+    );
+    """,
+]
+
+RETURN, PARCEL = "return", "parcel"
+"""What a compartment holds: a returned parcel (by return id) or a parcel for pickup."""
+
+
+@dataclass(frozen=True)
+class CompartmentRow:
+    """One compartment as the database knows it."""
+
+    id: str
+    size: SizeClass
+    occupied_by: str | None
+    occupant_kind: str | None
+    out_of_order: bool
+
+
+@dataclass(frozen=True)
+class PickupRow:
+    """A pickup code this kiosk honours (only its hash is kept)."""
+
+    code_hash: str
+    parcel_id: str
+    compartment: str
+    valid_until: float
+
 
 @dataclass(frozen=True)
 class OutboxRow:
@@ -67,7 +112,7 @@ class EdgeDatabase:
         await db.execute("PRAGMA journal_mode=WAL")
         await db.execute("PRAGMA synchronous=FULL")
         await db.execute("PRAGMA busy_timeout=5000")
-        await db.executescript(SCHEMA)
+        await _migrate(db)
         return cls(db)
 
     async def close(self) -> None:
@@ -111,6 +156,15 @@ class EdgeDatabase:
 
     # ---- compartments -------------------------------------------------------------------
 
+    async def settings_overrides(self) -> dict[str, object]:
+        """Settings the gateway changed with a ``configure`` command."""
+        text = await self._meta("settings")
+        return {} if text is None else dict(json.loads(text))
+
+    async def save_settings_overrides(self, overrides: dict[str, object]) -> None:
+        """Keep the gateway's settings across restarts."""
+        await self._set_meta("settings", dumps(overrides))
+
     async def sync_compartments(self, compartments: Iterable[tuple[str, SizeClass]]) -> None:
         """Make the table match the pin map, keeping the occupancy of known compartments."""
         items = list(compartments)
@@ -141,18 +195,45 @@ class EdgeDatabase:
         ) as cur:
             return [str(r[0]) for r in await cur.fetchall()]
 
-    async def set_out_of_order(self, compartment: str, out_of_order: bool) -> None:
-        """Take a compartment out of service (jammed, left open) or put it back."""
-        await self._db.execute(
-            "UPDATE compartments SET out_of_order = ? WHERE id = ?",
-            (int(out_of_order), compartment),
+    async def set_out_of_order(self, compartment: str, out_of_order: bool) -> bool:
+        """Take a compartment out of service (jammed, left open) or put it back; True when
+        that changed anything."""
+        cur = await self._db.execute(
+            "UPDATE compartments SET out_of_order = ? WHERE id = ? AND out_of_order != ?",
+            (int(out_of_order), compartment, int(out_of_order)),
         )
+        return cur.rowcount == 1
 
-    async def release_compartment(self, compartment: str) -> None:
-        """The courier emptied it."""
-        await self._db.execute(
-            "UPDATE compartments SET occupied_by = NULL WHERE id = ?", (compartment,)
-        )
+    async def compartments(self) -> list[CompartmentRow]:
+        """Every compartment, in id order."""
+        async with self._db.execute(
+            "SELECT id, size, occupied_by, occupant_kind, out_of_order FROM compartments "
+            "ORDER BY id"
+        ) as cur:
+            rows = await cur.fetchall()
+        return [
+            CompartmentRow(
+                str(r[0]),
+                SizeClass(int(r[1])),
+                None if r[2] is None else str(r[2]),
+                None if r[3] is None else str(r[3]),
+                bool(r[4]),
+            )
+            for r in rows
+        ]
+
+    async def compartment(self, compartment: str) -> CompartmentRow | None:
+        """One compartment, or None when the pin map has no such id."""
+        return next((c for c in await self.compartments() if c.id == compartment), None)
+
+    async def parcel_compartment(self, parcel_id: str) -> str | None:
+        """Where a pickup parcel is, if it is in this kiosk."""
+        async with self._db.execute(
+            "SELECT id FROM compartments WHERE occupied_by = ? AND occupant_kind = ?",
+            (parcel_id, PARCEL),
+        ) as cur:
+            row = await cur.fetchone()
+        return None if row is None else str(row[0])
 
     async def release_returns(self, return_ids: Sequence[str]) -> list[str]:
         """Free the compartments holding these returns; returns the compartments freed."""
@@ -160,9 +241,9 @@ class EdgeDatabase:
             return []
         placeholders = ",".join("?" * len(return_ids))
         async with self._db.execute(
-            f"UPDATE compartments SET occupied_by = NULL WHERE occupied_by IN ({placeholders}) "
-            "RETURNING id",
-            list(return_ids),
+            "UPDATE compartments SET occupied_by = NULL, occupant_kind = NULL "
+            f"WHERE occupied_by IN ({placeholders}) AND occupant_kind IS NOT ? RETURNING id",
+            [*return_ids, PARCEL],
         ) as cur:
             return [str(r[0]) for r in await cur.fetchall()]
 
@@ -191,11 +272,15 @@ class EdgeDatabase:
         body: str,
         used_return: str | None = None,
         occupy: str | None = None,
+        occupant: tuple[str, str] | None = None,
+        free: str | None = None,
+        drop_pickup: str | None = None,
     ) -> int:
         """Write one event to the outbox and return its ``seq``.
 
-        In the same transaction it can mark a voucher used and a compartment occupied, so a
-        crash leaves either all of a drop-off or none of it (DESIGN §2, flow 2).
+        In the same transaction it can mark a voucher used, a compartment occupied (by
+        ``occupant`` = (kind, id), by default the used return) or freed, and a pickup code
+        spent, so a crash leaves either all of a flow's outcome or none of it (DESIGN §2).
         """
         now = time.time()
         await self._db.execute("BEGIN IMMEDIATE")
@@ -210,9 +295,20 @@ class EdgeDatabase:
                     "INSERT INTO used_vouchers (return_id, used_at, event_id) VALUES (?, ?, ?)",
                     (used_return, now, event_id),
                 )
-            if occupy is not None:
+            if free is not None:
                 await self._db.execute(
-                    "UPDATE compartments SET occupied_by = ? WHERE id = ?", (used_return, occupy)
+                    "UPDATE compartments SET occupied_by = NULL, occupant_kind = NULL WHERE id = ?",
+                    (free,),
+                )
+            if occupy is not None:
+                kind, who = occupant or (RETURN, used_return or "")
+                await self._db.execute(
+                    "UPDATE compartments SET occupied_by = ?, occupant_kind = ? WHERE id = ?",
+                    (who, kind, occupy),
+                )
+            if drop_pickup is not None:
+                await self._db.execute(
+                    "DELETE FROM pickup_codes WHERE code_hash = ?", (drop_pickup,)
                 )
             await self._db.execute("COMMIT")
         except BaseException:
@@ -265,6 +361,95 @@ class EdgeDatabase:
             (command_id, time.time()),
         )
         return cur.rowcount == 1
+
+    # ---- typed short codes and pickup codes ----------------------------------------------
+
+    async def save_short_codes(self, entries: Sequence[tuple[str, str, float]]) -> None:
+        """Keep (short code, voucher token, expiry) entries from a ``sync`` command."""
+        await self._db.executemany(
+            "INSERT INTO short_codes (code, token, expires_at) VALUES (?, ?, ?) "
+            "ON CONFLICT (code) DO UPDATE SET token = excluded.token, "
+            "expires_at = excluded.expires_at",
+            entries,
+        )
+
+    async def short_code_token(self, code: str) -> str | None:
+        """The voucher token of a typed short code, if this kiosk has it."""
+        async with self._db.execute("SELECT token FROM short_codes WHERE code = ?", (code,)) as cur:
+            row = await cur.fetchone()
+        return None if row is None else str(row[0])
+
+    async def short_code_count(self) -> int:
+        """How many short codes the kiosk can resolve offline."""
+        async with self._db.execute("SELECT count(*) FROM short_codes") as cur:
+            row = await cur.fetchone()
+        return 0 if row is None else int(row[0])
+
+    async def purge_expired(self, now: float) -> int:
+        """Forget expired short codes and command ids older than a week."""
+        cur = await self._db.execute("DELETE FROM short_codes WHERE expires_at < ?", (now,))
+        await self._db.execute("DELETE FROM seen_commands WHERE seen_at < ?", (now - 7 * 86400,))
+        return cur.rowcount
+
+    async def save_pickups(self, entries: Sequence[PickupRow]) -> None:
+        """Honour these pickup codes (a parcel has one code; a new one replaces the old)."""
+        await self._db.execute("BEGIN IMMEDIATE")
+        try:
+            for e in entries:
+                await self._db.execute(
+                    "DELETE FROM pickup_codes WHERE parcel_id = ?", (e.parcel_id,)
+                )
+                await self._db.execute(
+                    "INSERT INTO pickup_codes (code_hash, parcel_id, compartment, valid_until) "
+                    "VALUES (?, ?, ?, ?) ON CONFLICT (code_hash) DO NOTHING",
+                    (e.code_hash, e.parcel_id, e.compartment, e.valid_until),
+                )
+            await self._db.execute("COMMIT")
+        except BaseException:
+            await self._db.execute("ROLLBACK")
+            raise
+
+    async def drop_pickups_of(self, parcel_id: str) -> None:
+        """Forget the pickup code of a parcel that left the locker another way."""
+        await self._db.execute("DELETE FROM pickup_codes WHERE parcel_id = ?", (parcel_id,))
+
+    async def pickup(self, code_hash: str) -> PickupRow | None:
+        """The pickup a code's hash opens, if any."""
+        rows = await self._pickups("WHERE code_hash = ?", (code_hash,))
+        return rows[0] if rows else None
+
+    async def pickups(self) -> list[PickupRow]:
+        """Every pickup code held, oldest deadline first."""
+        return await self._pickups("ORDER BY valid_until", ())
+
+    async def _pickups(self, where: str, params: Sequence[object]) -> list[PickupRow]:
+        async with self._db.execute(
+            f"SELECT code_hash, parcel_id, compartment, valid_until FROM pickup_codes {where}",
+            params,
+        ) as cur:
+            rows = await cur.fetchall()
+        return [PickupRow(str(r[0]), str(r[1]), str(r[2]), float(r[3])) for r in rows]
+
+
+async def _migrate(db: aiosqlite.Connection) -> None:
+    async with db.execute("PRAGMA user_version") as cur:
+        row = await cur.fetchone()
+    version = 0 if row is None else int(row[0])
+    if version == 0:
+        async with db.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'outbox'"
+        ) as cur:
+            version = 1 if await cur.fetchone() is not None else 0  # a spine-era file
+    for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+        await db.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in filter(str.strip, script.split(";")):
+                await db.execute(statement)
+            await db.execute(f"PRAGMA user_version = {number}")
+            await db.execute("COMMIT")
+        except BaseException:
+            await db.execute("ROLLBACK")
+            raise
 
 
 def dumps(data: object) -> str:

@@ -107,7 +107,8 @@ class ZxingDecoder:
 
 
 def _format_name(fmt: object) -> str:
-    return str(fmt).rsplit(".", 1)[-1]
+    # zxing-cpp 3 prints formats as "QR Code"; the enum name is the stable one.
+    return str(getattr(fmt, "name", None) or str(fmt).rsplit(".", 1)[-1])
 
 
 _PYZBAR_NAMES = {
@@ -179,7 +180,9 @@ def _zbar_symbols(image: Gray) -> list[tuple[str, bytes]]:
 
 def _roi(image: Gray, position: object, margin: float = 0.25) -> Gray:
     """The part of ``image`` around a zxing position, with a margin for the quiet zone."""
-    points = [getattr(position, c) for c in ("top_left", "top_right", "bottom_left", "bottom_right")]
+    points = [
+        getattr(position, c) for c in ("top_left", "top_right", "bottom_left", "bottom_right")
+    ]
     xs, ys = [int(p.x) for p in points], [int(p.y) for p in points]
     pad = int(max(max(xs) - min(xs), max(ys) - min(ys)) * margin) + 8
     height, width = image.shape[:2]

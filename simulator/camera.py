@@ -1,11 +1,10 @@
 """A simulated kiosk camera: voucher QR codes rendered into camera-like frames.
 
 Frames come at a fixed rate from the same capture thread and newest-frame slot a real
-camera uses (:class:`~hardware.camera.CaptureCamera`). ``show(text)`` puts a code in front of the lens
-for a number of frames; otherwise the camera sees an empty counter.
+camera uses (:class:`~hardware.camera.CaptureCamera`). ``show(text)`` puts a code in front
+of the lens for a number of frames; otherwise the camera sees an empty counter.
 """
 
-import asyncio
 import threading
 import time
 from collections import deque
