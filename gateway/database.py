@@ -13,6 +13,8 @@ from typing import Any
 
 import aiosqlite
 
+from gateway import kiosk_schema
+
 Row = tuple[Any, ...]
 Params = Sequence[Any]
 
@@ -155,6 +157,8 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (store, device)
     );
     """,
+    # 2: kiosk flows (issue 3)
+    kiosk_schema.MIGRATION,
 ]
 
 

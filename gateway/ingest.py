@@ -11,7 +11,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway import commands, consolidation
+from gateway import commands, consolidation, kiosk_flows
 from gateway.config import ConsolidationRules, RefundPolicy
 from gateway.database import Database, Transaction
 from gateway.refunds import policy_of
@@ -24,7 +24,9 @@ from protocol.messages import CommandResult, Dropoff, Fault, ScanRejected, Statu
 
 log = logging.getLogger(__name__)
 
-ACKED_TYPES = frozenset({"dropoff", "scan_rejected", "fault", "cmd_result"})
+ACKED_TYPES = frozenset({"dropoff", "scan_rejected", "fault", "cmd_result"}) | (
+    kiosk_flows.EVENT_TYPES | kiosk_flows.LIVE_TYPES
+)
 
 
 @dataclass
@@ -127,6 +129,8 @@ class Ingest:
 
     async def _apply(self, tx: Transaction, m: Envelope[Any]) -> bool:
         body = m.body
+        if m.type in kiosk_flows.EVENT_TYPES | kiosk_flows.LIVE_TYPES:
+            return await kiosk_flows.apply(tx, m)
         if isinstance(body, Dropoff):
             return await self._dropoff(tx, m, body)
         if isinstance(body, CommandResult):

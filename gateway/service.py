@@ -11,7 +11,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from gateway import consolidation
+from gateway import consolidation, kiosk_flows
 from gateway.api import make_app
 from gateway.carriers.base import Carrier
 from gateway.carriers.kdniao import KdniaoCarrier
@@ -176,6 +176,7 @@ class Gateway:
                 (time.time(),),
             )
             content = {"voucher_keys": keys, "revoked_returns": [str(r[0]) for r in revoked]}
+            content.update(await kiosk_flows.config_extras(tx, store))
             row = await tx.fetchone(
                 "SELECT config_version, config_body FROM stores WHERE id = ?", (store,)
             )
@@ -232,6 +233,7 @@ class Gateway:
         if closed:
             log.info("closed %d tote(s) at their cutoff", len(closed))
         await self.shipping.book_due()
+        await kiosk_flows.sync_due(self.db)
         await self._dispatch_commands()
         await self.refunds.process_due()
 
