@@ -12,14 +12,14 @@ import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import aiohttp
 
 from dropline.broker import MosquittoBroker, free_port
 from edge.agent import EdgeAgent
 from edge.config import BrokerSettings as EdgeBrokerSettings
-from edge.config import CompartmentPins, EdgeConfig, Timeouts
+from edge.config import CompartmentPins, EdgeConfig, IndicatorSettings, ScreenSettings, Timeouts
 from edge.devices import Devices
 from edge.session import KioskSession
 from gateway.config import (
@@ -55,8 +55,9 @@ WAREHOUSE = AddressSettings(
 )
 
 
-MAX_COMPARTMENTS = 13
-"""A Pi's GPIO 2–27 give 13 relay/sensor pairs: relays on 2–14, door sensors on 15–27."""
+MAX_COMPARTMENTS = 12
+"""A Pi's GPIO 2–25 give 12 relay/sensor pairs (relays on 2–13, door sensors on 14–25);
+GPIO 0, 1 and 26 drive the green and red LEDs and the buzzer."""
 
 
 @dataclass
@@ -76,6 +77,10 @@ class SystemOptions:
     carrier_knobs: CarrierKnobs = field(default_factory=CarrierKnobs)
     payment_knobs: PaymentKnobs = field(default_factory=PaymentKnobs)
     payment_timeout_s: float = 5.0
+    kiosk_mode: Literal["locker", "counter", "both"] = "locker"
+    screen: bool = True
+    door_close_s: float = 5.0
+    left_open_give_up_s: float = 30.0
 
 
 @dataclass
@@ -231,9 +236,18 @@ class LocalSystem:
             database=self.workdir / f"{store}-{device}.sqlite3",
             broker=EdgeBrokerSettings(port=self.broker.port, reconnect_s=0.2, keepalive_s=5),
             compartments=compartments,
+            mode=opts.kiosk_mode,
             relay_pulse_s=0.05,
-            timeouts=Timeouts(door_open_s=1.0, door_close_s=5.0, ack_s=opts.ack_timeout_s),
+            indicators=IndicatorSettings(green_pin=0, red_pin=1, buzzer_pin=26),
+            timeouts=Timeouts(
+                door_open_s=1.0,
+                door_close_s=opts.door_close_s,
+                left_open_give_up_s=opts.left_open_give_up_s,
+                counter_step_s=30.0,
+                ack_s=opts.ack_timeout_s,
+            ),
             printer=f"png:{self.workdir / 'prints' / store / device}",
+            screen=ScreenSettings(enabled=opts.screen, port=0),
         )
         factory = make_mock_factory()
         spec = LockerSpec(

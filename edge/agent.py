@@ -30,6 +30,7 @@ from edge.outbox import OutboxPublisher
 from edge.pickups import PickupDesk
 from edge.prompts import Prompts
 from edge.scanner import Scanner
+from edge.screen import Screen
 from edge.session import KioskSession, SessionState
 from edge.shortcodes import ShortCodeLookupError, ShortCodes
 from edge.verifier import VoucherVerifier
@@ -117,6 +118,7 @@ class EdgeAgent:
         self._indicators: Indicators | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._busy = asyncio.Lock()
+        self.screen: Screen | None = None
 
     # ---- life cycle ---------------------------------------------------------------------
 
@@ -153,6 +155,9 @@ class EdgeAgent:
             asyncio.create_task(self._watch_link(), name=f"{cfg.device}-presence"),
         ]
         self.indicators.ready()
+        if cfg.screen.enabled:
+            self.screen = Screen(self, cfg.screen.host, cfg.screen.port)
+            await self.screen.start()
         log.info("agent %s/%s started (session %d)", cfg.store, cfg.device, self.session_number)
 
     def _capabilities(self) -> list[str]:
@@ -185,6 +190,9 @@ class EdgeAgent:
 
     async def stop(self) -> None:
         """Stop serving; everything accepted is already durable in the outbox."""
+        if self.screen is not None:
+            await self.screen.stop()
+            self.screen = None
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:

@@ -148,7 +148,7 @@ class ClerkDesk:
     async def set_out_of_order(self, compartment: str, out_of_order: bool) -> bool:
         """Take a door out of service or put it back; True when that changed anything."""
         clerk = self.require()
-        await self._known(compartment)
+        await self.known(compartment)
         if not await self._agent.db.set_out_of_order(compartment, out_of_order):
             return False
         action = ServiceAction.OUT_OF_ORDER if out_of_order else ServiceAction.BACK_IN_SERVICE
@@ -161,10 +161,11 @@ class ClerkDesk:
     async def open_for_service(self, compartment: str, *, empty: bool) -> KioskSession:
         """Open a door for the clerk; with ``empty`` whatever was inside is taken out."""
         clerk = self.require()
-        await self._known(compartment)
+        await self.known(compartment)
         return await self._agent.service_open(compartment, by=clerk.id, empty=empty)
 
-    async def _known(self, compartment: str) -> None:
+    async def known(self, compartment: str) -> None:
+        """Raise :class:`ClerkActionError` unless the pin map has ``compartment``."""
         if await self._agent.db.compartment(compartment) is None:
             raise ClerkActionError(f"no compartment {compartment}")
 
