@@ -75,6 +75,7 @@ class AgentCounters:
     malformed_inbound: int = 0
     commands: int = 0
     duplicate_commands: int = 0
+    ignored_scans: int = 0
 
 
 @dataclass(frozen=True)
@@ -301,6 +302,11 @@ class EdgeAgent:
         or None when the code went to a flow waiting for it or logged a clerk in."""
         code = code.strip()
         if self.prompts.offer(code):
+            return None
+        if self.prompts.current is not None:
+            # A flow waits for a particular scan (the bag label): anything else is not for it
+            # and must not queue behind it.
+            self.counters.ignored_scans += 1
             return None
         if self.clerks.current is not None:
             self.clerks.require()  # scanning counts as activity

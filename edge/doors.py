@@ -47,8 +47,8 @@ class Doors:
         if await agent.locker.wait_closed(compartment, settings.door_close_s):
             session.to(SessionState.DOOR_CLOSED)
             return True
-        session.to(SessionState.LEFT_OPEN, reason=RejectReason.DOOR_NOT_CLOSED.value)
         agent.set_alarm(compartment, True)
+        session.to(SessionState.LEFT_OPEN, reason=RejectReason.DOOR_NOT_CLOSED.value)
         await agent.fault(
             FaultKind.LEFT_OPEN, compartment, f"door open for over {settings.door_close_s:g}s"
         )
