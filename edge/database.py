@@ -7,9 +7,11 @@ drop-off the shopper was told about must survive it. The schema is versioned wit
 ``user_version`` so that a kiosk updated in the field upgrades its file in place.
 """
 
+import asyncio
+import contextlib
 import json
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -103,6 +105,25 @@ class EdgeDatabase:
 
     def __init__(self, connection: aiosqlite.Connection) -> None:
         self._db = connection
+        self._lock = asyncio.Lock()
+
+    @contextlib.asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[None]:
+        """One write transaction at a time: flows, commands and acks share the connection."""
+        async with self._lock:
+            await self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+            except BaseException:
+                await self._db.execute("ROLLBACK")
+                raise
+            await self._db.execute("COMMIT")
+
+    @contextlib.asynccontextmanager
+    async def _write(self) -> AsyncIterator[None]:
+        """A single write statement, never inside another coroutine's open transaction."""
+        async with self._lock:
+            yield
 
     @classmethod
     async def open(cls, path: Path) -> "EdgeDatabase":
@@ -135,9 +156,10 @@ class EdgeDatabase:
 
     async def next_session(self) -> int:
         """Count one more start of the agent; the session number goes in every envelope."""
-        session = int(await self._meta("session") or 0) + 1
-        await self._set_meta("session", str(session))
-        return session
+        async with self._write():
+            session = int(await self._meta("session") or 0) + 1
+            await self._set_meta("session", str(session))
+            return session
 
     # ---- store config -------------------------------------------------------------------
 
@@ -148,11 +170,12 @@ class EdgeDatabase:
 
     async def save_store_config(self, config: StoreConfig) -> bool:
         """Keep ``config`` unless an equal or newer version is already kept."""
-        current = await self.store_config()
-        if current is not None and current.version >= config.version:
-            return False
-        await self._set_meta("store_config", config.model_dump_json())
-        return True
+        async with self._write():
+            current = await self.store_config()
+            if current is not None and current.version >= config.version:
+                return False
+            await self._set_meta("store_config", config.model_dump_json())
+            return True
 
     # ---- compartments -------------------------------------------------------------------
 
@@ -163,13 +186,13 @@ class EdgeDatabase:
 
     async def save_settings_overrides(self, overrides: dict[str, object]) -> None:
         """Keep the gateway's settings across restarts."""
-        await self._set_meta("settings", dumps(overrides))
+        async with self._write():
+            await self._set_meta("settings", dumps(overrides))
 
     async def sync_compartments(self, compartments: Iterable[tuple[str, SizeClass]]) -> None:
         """Make the table match the pin map, keeping the occupancy of known compartments."""
         items = list(compartments)
-        await self._db.execute("BEGIN IMMEDIATE")
-        try:
+        async with self._transaction():
             for cid, size in items:
                 await self._db.execute(
                     "INSERT INTO compartments (id, size) VALUES (?, ?) "
@@ -181,10 +204,6 @@ class EdgeDatabase:
                 f"DELETE FROM compartments WHERE id NOT IN ({placeholders})",
                 [cid for cid, _ in items],
             )
-            await self._db.execute("COMMIT")
-        except BaseException:
-            await self._db.execute("ROLLBACK")
-            raise
 
     async def free_compartments(self, size: SizeClass) -> list[str]:
         """Free, working compartments a parcel of ``size`` fits, smallest first."""
@@ -198,11 +217,12 @@ class EdgeDatabase:
     async def set_out_of_order(self, compartment: str, out_of_order: bool) -> bool:
         """Take a compartment out of service (jammed, left open) or put it back; True when
         that changed anything."""
-        cur = await self._db.execute(
-            "UPDATE compartments SET out_of_order = ? WHERE id = ? AND out_of_order != ?",
-            (int(out_of_order), compartment, int(out_of_order)),
-        )
-        return cur.rowcount == 1
+        async with self._write():
+            cur = await self._db.execute(
+                "UPDATE compartments SET out_of_order = ? WHERE id = ? AND out_of_order != ?",
+                (int(out_of_order), compartment, int(out_of_order)),
+            )
+            return cur.rowcount == 1
 
     async def compartments(self) -> list[CompartmentRow]:
         """Every compartment, in id order."""
@@ -237,15 +257,16 @@ class EdgeDatabase:
 
     async def release_returns(self, return_ids: Sequence[str]) -> list[str]:
         """Free the compartments holding these returns; returns the compartments freed."""
-        if not return_ids:
-            return []
-        placeholders = ",".join("?" * len(return_ids))
-        async with self._db.execute(
-            "UPDATE compartments SET occupied_by = NULL, occupant_kind = NULL "
-            f"WHERE occupied_by IN ({placeholders}) AND occupant_kind IS NOT ? RETURNING id",
-            [*return_ids, PARCEL],
-        ) as cur:
-            return [str(r[0]) for r in await cur.fetchall()]
+        async with self._write():
+            if not return_ids:
+                return []
+            placeholders = ",".join("?" * len(return_ids))
+            async with self._db.execute(
+                "UPDATE compartments SET occupied_by = NULL, occupant_kind = NULL "
+                f"WHERE occupied_by IN ({placeholders}) AND occupant_kind IS NOT ? RETURNING id",
+                [*return_ids, PARCEL],
+            ) as cur:
+                return [str(r[0]) for r in await cur.fetchall()]
 
     async def occupancy(self) -> dict[str, str | None]:
         """Compartment id → return id of the parcel in it (None when free)."""
@@ -283,8 +304,7 @@ class EdgeDatabase:
         spent, so a crash leaves either all of a flow's outcome or none of it (DESIGN §2).
         """
         now = time.time()
-        await self._db.execute("BEGIN IMMEDIATE")
-        try:
+        async with self._transaction():
             seq = await self._next_seq()
             await self._db.execute(
                 "INSERT INTO outbox (seq, id, type, session, ts, body) VALUES (?, ?, ?, ?, ?, ?)",
@@ -310,10 +330,6 @@ class EdgeDatabase:
                 await self._db.execute(
                     "DELETE FROM pickup_codes WHERE code_hash = ?", (drop_pickup,)
                 )
-            await self._db.execute("COMMIT")
-        except BaseException:
-            await self._db.execute("ROLLBACK")
-            raise
         return seq
 
     async def _next_seq(self) -> int:
@@ -337,14 +353,15 @@ class EdgeDatabase:
 
     async def acknowledge(self, event_ids: Sequence[str]) -> int:
         """Delete events the gateway committed; returns how many were still here."""
-        if not event_ids:
-            return 0
-        placeholders = ",".join("?" * len(event_ids))
-        cur = await self._db.execute(
-            f"DELETE FROM outbox WHERE id IN ({placeholders})",
-            list(event_ids),
-        )
-        return cur.rowcount
+        async with self._write():
+            if not event_ids:
+                return 0
+            placeholders = ",".join("?" * len(event_ids))
+            cur = await self._db.execute(
+                f"DELETE FROM outbox WHERE id IN ({placeholders})",
+                list(event_ids),
+            )
+            return cur.rowcount
 
     async def outbox_size(self) -> int:
         """How many events wait for the gateway's ack."""
@@ -356,22 +373,24 @@ class EdgeDatabase:
 
     async def first_sight_of_command(self, command_id: str) -> bool:
         """Record a command id; False when it was seen before (then ignore the command)."""
-        cur = await self._db.execute(
-            "INSERT INTO seen_commands (id, seen_at) VALUES (?, ?) ON CONFLICT (id) DO NOTHING",
-            (command_id, time.time()),
-        )
-        return cur.rowcount == 1
+        async with self._write():
+            cur = await self._db.execute(
+                "INSERT INTO seen_commands (id, seen_at) VALUES (?, ?) ON CONFLICT (id) DO NOTHING",
+                (command_id, time.time()),
+            )
+            return cur.rowcount == 1
 
     # ---- typed short codes and pickup codes ----------------------------------------------
 
     async def save_short_codes(self, entries: Sequence[tuple[str, str, float]]) -> None:
         """Keep (short code, voucher token, expiry) entries from a ``sync`` command."""
-        await self._db.executemany(
-            "INSERT INTO short_codes (code, token, expires_at) VALUES (?, ?, ?) "
-            "ON CONFLICT (code) DO UPDATE SET token = excluded.token, "
-            "expires_at = excluded.expires_at",
-            entries,
-        )
+        async with self._write():
+            await self._db.executemany(
+                "INSERT INTO short_codes (code, token, expires_at) VALUES (?, ?, ?) "
+                "ON CONFLICT (code) DO UPDATE SET token = excluded.token, "
+                "expires_at = excluded.expires_at",
+                entries,
+            )
 
     async def short_code_token(self, code: str) -> str | None:
         """The voucher token of a typed short code, if this kiosk has it."""
@@ -387,14 +406,16 @@ class EdgeDatabase:
 
     async def purge_expired(self, now: float) -> int:
         """Forget expired short codes and command ids older than a week."""
-        cur = await self._db.execute("DELETE FROM short_codes WHERE expires_at < ?", (now,))
-        await self._db.execute("DELETE FROM seen_commands WHERE seen_at < ?", (now - 7 * 86400,))
-        return cur.rowcount
+        async with self._write():
+            cur = await self._db.execute("DELETE FROM short_codes WHERE expires_at < ?", (now,))
+            await self._db.execute(
+                "DELETE FROM seen_commands WHERE seen_at < ?", (now - 7 * 86400,)
+            )
+            return cur.rowcount
 
     async def save_pickups(self, entries: Sequence[PickupRow]) -> None:
         """Honour these pickup codes (a parcel has one code; a new one replaces the old)."""
-        await self._db.execute("BEGIN IMMEDIATE")
-        try:
+        async with self._transaction():
             for e in entries:
                 await self._db.execute(
                     "DELETE FROM pickup_codes WHERE parcel_id = ?", (e.parcel_id,)
@@ -404,14 +425,11 @@ class EdgeDatabase:
                     "VALUES (?, ?, ?, ?) ON CONFLICT (code_hash) DO NOTHING",
                     (e.code_hash, e.parcel_id, e.compartment, e.valid_until),
                 )
-            await self._db.execute("COMMIT")
-        except BaseException:
-            await self._db.execute("ROLLBACK")
-            raise
 
     async def drop_pickups_of(self, parcel_id: str) -> None:
         """Forget the pickup code of a parcel that left the locker another way."""
-        await self._db.execute("DELETE FROM pickup_codes WHERE parcel_id = ?", (parcel_id,))
+        async with self._write():
+            await self._db.execute("DELETE FROM pickup_codes WHERE parcel_id = ?", (parcel_id,))
 
     async def pickup(self, code_hash: str) -> PickupRow | None:
         """The pickup a code's hash opens, if any."""

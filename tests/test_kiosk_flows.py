@@ -37,9 +37,7 @@ async def kiosk(
 
 async def events(kiosk: SimulatedKiosk, kind: str | None = None) -> list[dict[str, Any]]:
     rows = await kiosk.agent.db.pending(limit=10_000)
-    return [
-        {"type": r.type, **json.loads(r.body)} for r in rows if kind is None or r.type == kind
-    ]
+    return [{"type": r.type, **json.loads(r.body)} for r in rows if kind is None or r.type == kind]
 
 
 async def run(kiosk: SimulatedKiosk, code: str, *, typed: bool = False) -> KioskSession:
