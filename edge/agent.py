@@ -447,6 +447,7 @@ class EdgeAgent:
             drop_pickup=drop_pickup,
         )
         self.outbox.wake()
+        self.changed()
 
     async def print_label(self, image: Image.Image, *, job: str) -> bool:
         """Print on the label printer; a failure is a printer fault and False."""

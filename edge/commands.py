@@ -47,6 +47,7 @@ class CommandDesk:
         agent = self._agent
         if not await agent.db.first_sight_of_command(command.command_id):
             agent.counters.duplicate_commands += 1
+            agent.changed()
             return
         agent.counters.commands += 1
         if command.expires_at < time.time():

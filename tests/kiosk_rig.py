@@ -1,9 +1,11 @@
 """A kiosk on simulated hardware with a store config made here (keys, clerks), for tests
 that need no gateway. Vouchers are signed with this rig's key, as the gateway would."""
 
+import asyncio
+import inspect
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,6 +13,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from edge.agent import EdgeAgent
 from edge.config import (
     BrokerSettings,
     CompartmentPins,
@@ -107,3 +110,22 @@ async def running_kiosk(
         yield kiosk
     finally:
         await kiosk.stop()
+
+
+async def until(agent: EdgeAgent, predicate: Callable[[], object], timeout_s: float = 10.0) -> None:
+    """Wait until ``predicate`` (sync or async) holds, re-checking whenever the agent reports
+    a change (a session step, an event written, an alarm, a command seen)."""
+    changed = asyncio.Event()
+    agent.change_listeners.append(changed.set)
+    try:
+        async with asyncio.timeout(timeout_s):
+            while True:
+                changed.clear()
+                result = predicate()
+                if inspect.isawaitable(result):
+                    result = await result
+                if result:
+                    return
+                await changed.wait()
+    finally:
+        agent.change_listeners.remove(changed.set)

@@ -25,7 +25,7 @@ from protocol.messages import (
     VoucherCode,
 )
 from simulator.kiosk import SimulatedKiosk
-from tests.kiosk_rig import DEVICE, STORE, Issuer, running_kiosk
+from tests.kiosk_rig import DEVICE, STORE, Issuer, running_kiosk, until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -48,12 +48,15 @@ async def send(broker: MosquittoBroker, body: BaseModel) -> None:
 
 
 async def results(kiosk: SimulatedKiosk, n: int) -> list[dict[str, Any]]:
-    async with asyncio.timeout(10):
-        while True:
-            rows = [r for r in await kiosk.agent.db.pending(limit=1000) if r.type == "cmd_result"]
-            if len(rows) >= n:
-                return [json.loads(r.body) for r in rows]
-            await asyncio.sleep(0.02)  # the kiosk writes its outbox; nothing to await across it
+    async def rows() -> list[dict[str, Any]]:
+        pending = await kiosk.agent.db.pending(limit=1000)
+        return [json.loads(r.body) for r in pending if r.type == "cmd_result"]
+
+    async def enough() -> bool:
+        return len(await rows()) >= n
+
+    await until(kiosk.agent, enough)
+    return await rows()
 
 
 def _open(compartment: str, *, command_id: str | None = None, ttl: float = 60) -> OpenDoor:
@@ -155,7 +158,5 @@ async def test_a_retained_command_does_not_replay_after_a_restart(
     await k.agent.stop()
     k.agent = EdgeAgent(k.agent.config, k.agent.devices)
     await k.agent.start()
-    async with asyncio.timeout(10):
-        while k.agent.counters.duplicate_commands < 1:
-            await asyncio.sleep(0.02)  # waiting for the broker's retained copy to arrive
+    await until(k.agent, lambda: k.agent.counters.duplicate_commands >= 1)
     assert k.mechanics.pulses["A1"] == 1, "the replayed command opened nothing"

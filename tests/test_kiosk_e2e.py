@@ -30,8 +30,8 @@ async def _json(request: Any) -> Any:
 
 
 async def _add_clerk(system: LocalSystem, pin: str = "1357") -> None:
-    status, _ = await _json(system.http.put(
-        "/v1/stores/store-1/clerks/clerk-7", json={"name": "Bo", "pin": pin, "badge": "B-77"}))  # fmt: skip
+    clerk = {"name": "Bo", "pin": pin, "badge": "B-77"}
+    status, _ = await _json(system.http.put("/v1/stores/store-1/clerks/clerk-7", json=clerk))
     assert status == 200
     agent = system.kiosks[0].agent
 

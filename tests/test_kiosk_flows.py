@@ -16,7 +16,7 @@ from edge.session import KioskSession, SessionState
 from protocol import shortcode
 from protocol.sizes import SizeClass
 from simulator.kiosk import SimulatedKiosk
-from tests.kiosk_rig import CLERK_BADGE, CLERK_PIN, Issuer, running_kiosk
+from tests.kiosk_rig import CLERK_BADGE, CLERK_PIN, Issuer, running_kiosk, until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -60,7 +60,7 @@ async def test_locker_dropoff_uses_smallest_fitting_door(
     ]  # fmt: skip
     occupancy = await kiosk.agent.db.occupancy()
     assert occupancy["A1"] == drops[0]["return_id"] and occupancy["A2"] is None
-    assert [p.name for p in kiosk.printer.printed][0].startswith("receipt-")
+    assert kiosk.printer.printed[0].name.startswith("receipt-")
 
 
 async def test_jammed_door_tries_the_next_and_reports_a_fault(
@@ -123,9 +123,12 @@ async def test_forced_door_raises_alarm_and_fault(kiosk: SimulatedKiosk) -> None
     assert kiosk.agent.alarms == {"A3": "forced"}
     assert kiosk.agent.indicators.alarm_on
     kiosk.mechanics.close_door("A3")
-    async with asyncio.timeout(5):
-        while kiosk.agent.alarms:
-            await asyncio.sleep(0.01)  # the sensor edge crosses a thread
+    await until(kiosk.agent, lambda: not kiosk.agent.alarms)
+
+    async def reported() -> bool:
+        return bool(await events(kiosk, "fault"))
+
+    await until(kiosk.agent, reported)
     faults = await events(kiosk, "fault")
     assert [(f["kind"], f["compartment"]) for f in faults] == [("unexpected_open", "A3")]
 
@@ -136,18 +139,14 @@ async def test_counter_dropoff_prints_bag_label_and_takes_bag_and_tote(
 ) -> None:
     agent = kiosk.agent
     task = asyncio.create_task(run(kiosk, issuer.voucher()))
-    async with asyncio.timeout(5):
-        while agent.prompts.current != "scan_bag":
-            await asyncio.sleep(0.01)
+    await until(agent, lambda: agent.session and agent.session.state == "await_bag")
     session = agent.session
     assert session is not None and session.bag_id
     assert [p.name for p in kiosk.labels.printed] == [f"bag-{session.bag_id}.png"]
     assert await agent.handle_code("TOTE-0001") is None, "not the bag: ignored, not queued"
     assert agent.prompts.current == "scan_bag" and agent.counters.ignored_scans == 1
     assert await agent.handle_code(session.bag_id) is None, "the bag scan went to the flow"
-    async with asyncio.timeout(5):
-        while agent.prompts.current != "scan_tote":
-            await asyncio.sleep(0.01)
+    await until(agent, lambda: agent.session and agent.session.state == "await_tote")
     assert await agent.handle_code("TOTE-0007") is None
     done = await task
     assert done.state == "done"
@@ -165,9 +164,8 @@ async def test_both_mode_sends_a_parcel_no_door_fits_to_the_counter(
     session = await kiosk.agent.handle_code(issuer.voucher(SizeClass.L))
     assert session is not None and session.compartment == "A4"
     task = asyncio.create_task(run(kiosk, issuer.voucher(SizeClass.L)))
-    async with asyncio.timeout(5):
-        while kiosk.agent.prompts.current != "scan_bag":
-            await asyncio.sleep(0.01)
+    agent = kiosk.agent
+    await until(agent, lambda: agent.session and agent.session.state == "await_bag")
     assert kiosk.agent.prompts.cancel()
     cancelled = await task
     assert (cancelled.kind, cancelled.state, cancelled.reason) == (
