@@ -176,3 +176,12 @@ def test_pin_map_must_not_reuse_pins(tmp_path: Path) -> None:
                 ],
             }
         )  # fmt: skip
+
+
+def test_deploy_example_config_and_its_printers_load() -> None:
+    example = Path(__file__).parents[1] / "deploy" / "edge.example.toml"
+    config = EdgeConfig.load(example)
+    assert config.mode == "both" and config.pin_factory == "lgpio"
+    assert not config.relay_active_high
+    assert isinstance(make_printer(config.printer), EscPosPrinter)
+    assert config.label_printer is not None and make_printer(config.label_printer).name == "zpl"
