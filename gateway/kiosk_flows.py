@@ -46,6 +46,9 @@ PICKUP_HOLD_S = 7 * 86_400
 
 COMMAND_TTL_S = 3600.0
 SYNC_CHUNK = 200
+SYNC_LAG_S = 5.0
+"""Vouchers are synced once they are this old, so that a return whose transaction was still
+open when its ``created_at`` was stamped is not skipped."""
 
 
 async def apply(tx: Transaction, m: Envelope[Any]) -> bool:
@@ -264,7 +267,7 @@ async def sync_due(db: Database) -> int:
     """Send each online kiosk the short codes of vouchers scoped to its store that it lacks
     (all of them after a restart of the kiosk, new ones otherwise) and, after a restart, its
     pickup codes. Returns how many ``sync`` commands were queued."""
-    now = time.time()
+    now = time.time() - SYNC_LAG_S
     queued = 0
     async with db.transaction() as tx:
         devices = await tx.fetchall(
@@ -291,7 +294,7 @@ async def _sync_device(
     rows = await tx.fetchall(
         "SELECT short_code, voucher FROM returns WHERE state = 'authorized' AND expires_at > ? "
         "AND created_at >= ? AND created_at < ? AND stores LIKE ? ORDER BY created_at",
-        (now, since, now, f'%"{store}"%'),
+        (now + SYNC_LAG_S, since, now, f'%"{store}"%'),
     )
     vouchers = [VoucherCode(short_code=str(c), token=str(t)) for c, t in rows]
     pickups: list[PickupEntry] = []
