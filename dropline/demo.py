@@ -148,7 +148,7 @@ async def _report(
         at = {h["to"]: h["at"] for h in view["history"]}
         if "dropped_off" in at and "refunded" in at:
             latencies.append(at["refunded"] - at["dropped_off"])
-    prints = sorted(p for k in system.kiosks for p in k.printer.printed)
+    prints = sorted(p for k in system.kiosks for p in (*k.printer.printed, *k.labels.printed))
     return DemoReport(
         states=Counter(v["state"] for v in views),
         refunds_per_return=refunds,

@@ -12,16 +12,13 @@ import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import aiohttp
 
 from dropline.broker import MosquittoBroker, free_port
-from edge.agent import EdgeAgent
 from edge.config import BrokerSettings as EdgeBrokerSettings
-from edge.config import CompartmentPins, EdgeConfig, Timeouts
-from edge.devices import Devices
-from edge.session import KioskSession
+from edge.config import CompartmentPins, EdgeConfig, IndicatorSettings, ScreenSettings, Timeouts
 from gateway.config import (
     AddressSettings,
     BrokerSettings,
@@ -34,14 +31,10 @@ from gateway.config import (
     StripeSettings,
 )
 from gateway.service import Gateway
-from hardware.decoder import VOUCHER_FORMATS, default_chain
-from hardware.locker import CompartmentSpec, LockerSpec
 from protocol.sizes import SizeClass
-from simulator.camera import SimulatedCamera
 from simulator.kdniao import CarrierKnobs, KdniaoSimulator
-from simulator.locker import Shopper, SimulatedLockerMechanics, make_mock_factory
+from simulator.kiosk import SimulatedKiosk, build_kiosk
 from simulator.payments import PaymentKnobs, PaymentsSimulator
-from simulator.printer import PngPrinter
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +48,9 @@ WAREHOUSE = AddressSettings(
 )
 
 
-MAX_COMPARTMENTS = 13
-"""A Pi's GPIO 2–27 give 13 relay/sensor pairs: relays on 2–14, door sensors on 15–27."""
+MAX_COMPARTMENTS = 12
+"""A Pi's GPIO 2–25 give 12 relay/sensor pairs (relays on 2–13, door sensors on 14–25);
+GPIO 0, 1 and 26 drive the green and red LEDs and the buzzer."""
 
 
 @dataclass
@@ -77,45 +71,14 @@ class SystemOptions:
     payment_knobs: PaymentKnobs = field(default_factory=PaymentKnobs)
     payment_timeout_s: float = 5.0
     database: str | None = None  # the gateway's; None: a SQLite file in the workdir
+    kiosk_mode: Literal["locker", "counter", "both"] = "locker"
+    screen: bool = True
+    door_close_s: float = 5.0
+    left_open_give_up_s: float = 30.0
 
 
-@dataclass
-class Kiosk:
-    """One simulated kiosk: the real agent and the simulated parts around it."""
-
-    agent: EdgeAgent
-    camera: SimulatedCamera
-    mechanics: SimulatedLockerMechanics
-    shopper: Shopper
-    printer: PngPrinter
-
-    @property
-    def store(self) -> str:
-        """The kiosk's store id."""
-        return self.agent.config.store
-
-    @property
-    def device(self) -> str:
-        """The kiosk's device id."""
-        return self.agent.config.device
-
-    async def present(self, code: str, timeout_s: float = 30.0) -> KioskSession:
-        """Hold ``code`` in front of the camera; return the kiosk session it produced."""
-        loop = asyncio.get_running_loop()
-        done: asyncio.Future[KioskSession] = loop.create_future()
-
-        def listener(session: KioskSession) -> None:
-            if session.code == code and session.finished and not done.done():
-                done.set_result(session)
-
-        self.agent.session_listeners.append(listener)
-        try:
-            self.camera.blank(frames=5)  # the previous shopper's phone is gone
-            self.camera.show(code, frames=6)
-            async with asyncio.timeout(timeout_s):
-                return await done
-        finally:
-            self.agent.session_listeners.remove(listener)
+Kiosk = SimulatedKiosk
+"""One simulated kiosk (kept as the demo's name for it)."""
 
 
 class LocalSystem:
@@ -234,31 +197,32 @@ class LocalSystem:
             database=self.workdir / f"{store}-{device}.sqlite3",
             broker=EdgeBrokerSettings(port=self.broker.port, reconnect_s=0.2, keepalive_s=5),
             compartments=compartments,
+            mode=opts.kiosk_mode,
             relay_pulse_s=0.05,
-            timeouts=Timeouts(door_open_s=1.0, door_close_s=5.0, ack_s=opts.ack_timeout_s),
+            indicators=IndicatorSettings(green_pin=0, red_pin=1, buzzer_pin=26),
+            timeouts=Timeouts(
+                door_open_s=1.0,
+                door_close_s=opts.door_close_s,
+                left_open_give_up_s=opts.left_open_give_up_s,
+                counter_step_s=30.0,
+                ack_s=opts.ack_timeout_s,
+            ),
             printer=f"png:{self.workdir / 'prints' / store / device}",
+            screen=ScreenSettings(enabled=opts.screen, port=0),
         )
-        factory = make_mock_factory()
-        spec = LockerSpec(
-            compartments=tuple(
-                CompartmentSpec(c.id, c.size, c.relay_pin, c.sensor_pin) for c in compartments
-            )
+        kiosk = build_kiosk(
+            config,
+            prints=self.workdir / "prints" / store / device,
+            camera_fps=opts.camera_fps,
+            seed=hash((store, device)) & 0xFFFF,
         )
-        mechanics = SimulatedLockerMechanics(factory, spec)
-        shopper = Shopper(mechanics)
-        camera = SimulatedCamera(fps=opts.camera_fps, seed=hash((store, device)) & 0xFFFF)
-        printer = PngPrinter(self.workdir / "prints" / store / device)
-        devices = Devices(camera, default_chain(VOUCHER_FORMATS), factory, printer)
-        agent = EdgeAgent(config, devices)
-        await agent.start()
-        await shopper.start()
-        return Kiosk(agent, camera, mechanics, shopper, printer)
+        await kiosk.start()
+        return kiosk
 
     async def stop(self) -> None:
         """Stop everything, kiosks first."""
         for kiosk in self.kiosks:
-            await kiosk.shopper.stop()
-            await kiosk.agent.stop()
+            await kiosk.stop()
         self.kiosks = []
         if self._http is not None:
             await self._http.close()

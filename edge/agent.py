@@ -1,4 +1,11 @@
-"""The edge agent: camera → voucher check → locker door → outbox → gateway (DESIGN §2 flow 2)."""
+"""The edge agent: one kiosk or locker bank, every flow of DESIGN §2 (2–4), working offline.
+
+It owns the devices, the database, the broker link and the outbox, and routes what happens
+to the flows: codes from the camera or the screen's keypad (a voucher, a pickup code, a
+staff badge, or the scan a running flow waits for), commands from the gateway, door sensor
+edges. Flows live in their own modules (:mod:`edge.dropoff`, :mod:`edge.pickups`,
+:mod:`edge.clerks`, :mod:`edge.commands`); one visit runs at a time.
+"""
 
 import asyncio
 import contextlib
@@ -6,54 +13,79 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from typing import Any
 
+from PIL import Image
 from pydantic import BaseModel
 
+from edge.clerks import ClerkDesk, service_open
+from edge.commands import Command, CommandDesk
 from edge.config import EdgeConfig
 from edge.database import EdgeDatabase
 from edge.devices import Devices
+from edge.doors import Doors
+from edge.dropoff import DropoffDesk
 from edge.link import KioskLink
 from edge.outbox import OutboxPublisher
+from edge.pickups import PickupDesk
+from edge.prompts import Prompts
 from edge.scanner import Scanner
+from edge.screen import Screen
 from edge.session import KioskSession, SessionState
+from edge.shortcodes import ShortCodeLookupError, ShortCodes
 from edge.verifier import VoucherVerifier
-from hardware.labels import ManifestLine as LabelManifestLine
-from hardware.labels import Receipt, ToteLabel, render
-from hardware.locker import CompartmentSpec, DoorOutcome, LockerBank, LockerSpec
-from protocol import envelope, topics
-from protocol.errors import MalformedMessage, ProtocolError, VoucherError
+from hardware.indicators import IndicatorPins, Indicators
+from hardware.locker import CompartmentSpec, DoorEvent, LockerBank, LockerSpec
+from protocol import envelope, shortcode, topics, voucher
+from protocol.errors import MalformedMessage, ProtocolError, ShortCodeError
 from protocol.ids import new_id
 from protocol.messages import (
     Ack,
     CollectParcels,
-    CommandOutcome,
-    CommandResult,
-    Dropoff,
-    DropoffMethod,
+    Configure,
     Fault,
     FaultKind,
+    GatewayStatus,
+    OpenDoor,
+    PickupCode,
     PrintLabel,
     RejectReason,
     ScanRejected,
     StoreConfig,
+    Sync,
 )
-from protocol.voucher import VoucherClaims
 
 log = logging.getLogger(__name__)
+
+HOUSEKEEPING_S = 5.0
+COMMANDS = (PrintLabel, CollectParcels, OpenDoor, PickupCode, Sync, Configure)
 
 
 @dataclass
 class AgentCounters:
-    """What the agent has done since start; the screen and tests read these."""
+    """What the agent has done since start; the screen, metrics and tests read these."""
 
     scans: int = 0
     dropoffs: int = 0
+    pickups: int = 0
+    loaded: int = 0
+    totes_sealed: int = 0
     rejected: dict[str, int] = field(default_factory=dict)
     faults: int = 0
     malformed_inbound: int = 0
     commands: int = 0
     duplicate_commands: int = 0
+    ignored_scans: int = 0
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The settings in force: the kiosk's config file, changed by ``configure`` commands."""
+
+    mode: str
+    door_close_s: float
+    left_open_give_up_s: float
+    clerk_idle_s: float
 
 
 class EdgeAgent:
@@ -65,14 +97,29 @@ class EdgeAgent:
         self.counters = AgentCounters()
         self.config_ready = asyncio.Event()
         self.session_listeners: list[Callable[[KioskSession], None]] = []
+        self.change_listeners: list[Callable[[], None]] = []
+        self.session: KioskSession | None = None
+        self.last_session: KioskSession | None = None
+        self.gateway_online: bool | None = None
+        self.alarms: dict[str, str] = {}
+        self.prompts = Prompts()
+        self.doors = Doors(self)
+        self.dropoffs = DropoffDesk(self)
+        self.pickup_desk = PickupDesk(self)
+        self.clerks = ClerkDesk(self)
+        self.commands = CommandDesk(self)
+        self.short_codes = ShortCodes(self)
+        self.session_number = 0
+        self._overrides: dict[str, Any] = {}
         self._db: EdgeDatabase | None = None
         self._locker: LockerBank | None = None
         self._link: KioskLink | None = None
         self._outbox: OutboxPublisher | None = None
         self._verifier: VoucherVerifier | None = None
-        self._session_number = 0
+        self._indicators: Indicators | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._busy = asyncio.Lock()
+        self.screen: Screen | None = None
 
     # ---- life cycle ---------------------------------------------------------------------
 
@@ -80,19 +127,22 @@ class EdgeAgent:
         """Open the database, arm the locker, connect, and start serving scans."""
         cfg = self.config
         self._db = db = await EdgeDatabase.open(cfg.database)
-        self._session_number = await db.next_session()
+        self.session_number = await db.next_session()
         await db.sync_compartments((c.id, c.size) for c in cfg.compartments)
+        self._overrides = await db.settings_overrides()
         if await db.store_config() is not None:
             self.config_ready.set()
+        self._indicators = self._make_indicators()
         self._locker = self._make_locker()
         self._verifier = VoucherVerifier(db, cfg.store)
         self._link = KioskLink(
             cfg.broker,
             store=cfg.store,
             device=cfg.device,
-            session=self._session_number,
+            session=self.session_number,
             version=cfg.version,
             on_message=self._on_message,
+            capabilities=self._capabilities(),
         )
         self._outbox = OutboxPublisher(
             db, self._link, store=cfg.store, device=cfg.device, ack_timeout_s=cfg.timeouts.ack_s
@@ -102,8 +152,20 @@ class EdgeAgent:
             asyncio.create_task(self._link.run(), name=f"{cfg.device}-link"),
             asyncio.create_task(self._outbox.run(), name=f"{cfg.device}-outbox"),
             asyncio.create_task(self._scan_loop(), name=f"{cfg.device}-scan"),
+            asyncio.create_task(self._housekeeping(), name=f"{cfg.device}-housekeeping"),
+            asyncio.create_task(self._watch_link(), name=f"{cfg.device}-presence"),
         ]
-        log.info("agent %s/%s started (session %d)", cfg.store, cfg.device, self._session_number)
+        self.indicators.ready()
+        if cfg.screen.enabled:
+            self.screen = Screen(self, cfg.screen.host, cfg.screen.port)
+            await self.screen.start()
+        log.info("agent %s/%s started (session %d)", cfg.store, cfg.device, self.session_number)
+
+    def _capabilities(self) -> list[str]:
+        caps = ["dropoff_" + m for m in ("locker", "counter") if self.config.mode in (m, "both")]
+        if self.config.compartments:
+            caps += ["pickup", "open_door"]
+        return [*caps, "clerk", "print_label", "sync", "configure", "short_code"]
 
     def _make_locker(self) -> LockerBank:
         cfg = self.config
@@ -111,16 +173,27 @@ class EdgeAgent:
             compartments=tuple(
                 CompartmentSpec(c.id, c.size, c.relay_pin, c.sensor_pin) for c in cfg.compartments
             ),
+            relay_active_high=cfg.relay_active_high,
+            sensor_closed_when_low=cfg.sensor_closed_when_low,
             pulse_s=cfg.relay_pulse_s,
             max_pulse_s=cfg.relay_max_pulse_s,
             open_timeout_s=cfg.timeouts.door_open_s,
         )
         locker = LockerBank(spec, self.devices.pin_factory, asyncio.get_running_loop())
         locker.on_unexpected_open = self._on_unexpected_open
+        locker.on_door = self._on_door
         return locker
+
+    def _make_indicators(self) -> Indicators:
+        ind = self.config.indicators
+        pins = IndicatorPins(ind.green_pin, ind.red_pin, ind.buzzer_pin, ind.buzzer_active_high)
+        return Indicators(pins, self.devices.pin_factory)
 
     async def stop(self) -> None:
         """Stop serving; everything accepted is already durable in the outbox."""
+        if self.screen is not None:
+            await self.screen.stop()
+            self.screen = None
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -130,6 +203,8 @@ class EdgeAgent:
         await self.devices.camera.stop()
         if self._locker is not None:
             self._locker.close()
+        if self._indicators is not None:
+            self._indicators.close()
         if self._db is not None:
             await self._db.close()
 
@@ -159,142 +234,256 @@ class EdgeAgent:
         assert self._locker is not None, "agent not started"
         return self._locker
 
-    # ---- scanning -----------------------------------------------------------------------
+    @property
+    def verifier(self) -> VoucherVerifier:
+        """The offline voucher checks (after :meth:`start`)."""
+        assert self._verifier is not None, "agent not started"
+        return self._verifier
+
+    @property
+    def indicators(self) -> Indicators:
+        """LEDs and buzzer (after :meth:`start`)."""
+        assert self._indicators is not None, "agent not started"
+        return self._indicators
+
+    @property
+    def online(self) -> bool:
+        """True while the broker link is up and the gateway is not known to be offline."""
+        return (
+            self._link is not None
+            and self._link.connected.is_set()
+            and self.gateway_online is not False
+        )
+
+    @property
+    def settings(self) -> Settings:
+        """The settings in force now."""
+        t, o = self.config.timeouts, self._overrides
+        return Settings(
+            mode=str(o.get("mode", self.config.mode)),
+            door_close_s=float(o.get("door_close_s", t.door_close_s)),
+            left_open_give_up_s=float(o.get("left_open_give_up_s", t.left_open_give_up_s)),
+            clerk_idle_s=float(o.get("clerk_idle_s", t.clerk_idle_s)),
+        )
+
+    async def apply_overrides(self, changes: dict[str, Any]) -> None:
+        """Keep settings changed by the gateway (``configure``), across restarts too."""
+        self._overrides = {**self._overrides, **changes}
+        await self.db.save_settings_overrides(self._overrides)
+        self.changed()
+
+    # ---- change notification ------------------------------------------------------------
+
+    def changed(self) -> None:
+        """Something the screen shows changed."""
+        for listener in list(self.change_listeners):
+            listener()
+
+    def _notify(self, session: KioskSession) -> None:
+        for listener in list(self.session_listeners):
+            listener(session)
+        self.changed()
+
+    # ---- codes in -----------------------------------------------------------------------
 
     async def _scan_loop(self) -> None:
         scanner = Scanner(self.devices.camera, self.devices.decoder)
         async for scan in scanner.scans():
             try:
-                await self.handle_code(scan.text, scanned_at=time.time())
+                await self.handle_code(scan.text, frame_at=scan.frame_captured_at)
             except Exception:
                 # A bug in one session must not take the kiosk down.
                 log.exception("session for a scan failed")
 
-    async def handle_code(self, code: str, *, scanned_at: float | None = None) -> KioskSession:
-        """Run one drop-off for a scanned or typed voucher; returns the finished session."""
+    async def handle_code(
+        self, code: str, *, typed: bool = False, frame_at: float | None = None
+    ) -> KioskSession | None:
+        """Route one scanned (or, with ``typed``, keyed-in) code; returns the finished session,
+        or None when the code went to a flow waiting for it or logged a clerk in."""
+        code = code.strip()
+        if self.prompts.offer(code):
+            return None
+        if self.prompts.current is not None:
+            # A flow waits for a particular scan (the bag label): anything else is not for it
+            # and must not queue behind it.
+            self.counters.ignored_scans += 1
+            return None
+        if self.clerks.current is not None:
+            self.clerks.require()  # scanning counts as activity
+        staff_code = not typed and not code.startswith((voucher.PREFIX, shortcode.PICKUP_PREFIX))
+        if staff_code and self.clerks.current is None and await self.clerks.login_badge(code):
+            return None
         async with self._busy:
-            session = KioskSession(code=code, on_change=self._notify)
+            session = KioskSession(code=code, on_change=self._notify, frame_at=frame_at)
+            self.session = session
             self.counters.scans += 1
             session.to(SessionState.SCANNED)
-            await self._dropoff(session, scanned_at or time.time())
+            try:
+                await self._route(session, code, typed=typed)
+            finally:
+                self.session, self.last_session = None, session
+                self.changed()
             return session
 
-    def _notify(self, session: KioskSession) -> None:
-        for listener in self.session_listeners:
-            listener(session)
+    async def _route(self, session: KioskSession, code: str, *, typed: bool) -> None:
+        if code.startswith(voucher.PREFIX):
+            await self.dropoffs.run(session, code)
+        elif code.startswith(shortcode.PICKUP_PREFIX):
+            await self._pickup_code(session, code.removeprefix(shortcode.PICKUP_PREFIX))
+        elif typed:
+            await self._typed(session, code)
+        elif self.clerks.current is not None:
+            clerk = self.clerks.require()
+            await self.pickup_desk.load(session, code, by=clerk.id, size=clerk.load_size)
+        else:
+            await self.reject(session, RejectReason.MALFORMED, "not a Dropline code")
 
-    async def _dropoff(self, session: KioskSession, scanned_at: float) -> None:
-        assert self._verifier is not None
+    async def _pickup_code(self, session: KioskSession, text: str) -> None:
         try:
-            claims = await self._verifier.verify(session.code)
-        except VoucherError as exc:
-            await self._reject(session, RejectReason(exc.reason), exc.detail)
+            code = shortcode.normalize(text)
+        except ShortCodeError as exc:
+            await self.reject(session, RejectReason.BAD_SHORT_CODE, str(exc))
             return
-        session.return_id = str(claims.return_id)
-        session.to(SessionState.VERIFIED)
-        compartment = await self._open_compartment(session, claims)
-        if compartment is None:
+        await self.pickup_desk.collect(session, code)
+
+    async def _typed(self, session: KioskSession, text: str) -> None:
+        try:
+            code = shortcode.normalize(text)
+        except ShortCodeError as exc:
+            await self.reject(session, RejectReason.BAD_SHORT_CODE, str(exc))
             return
-        if not await self.locker.wait_closed(compartment, self.config.timeouts.door_close_s):
-            await self._left_open(session, compartment)
+        if await self.db.pickup(shortcode.digest(code)) is not None:
+            await self.pickup_desk.collect(session, code)
             return
-        session.to(SessionState.DOOR_CLOSED)
-        await self._record_dropoff(session, claims, compartment, scanned_at)
-        session.to(SessionState.DONE)
-        await self._print_receipt(claims, compartment)
+        try:
+            token = await self.short_codes.resolve(code)
+        except ShortCodeLookupError as exc:
+            await self.reject(session, exc.reason, str(exc))
+            return
+        await self.dropoffs.run(session, token)
 
-    async def _open_compartment(self, session: KioskSession, claims: VoucherClaims) -> str | None:
-        """Open the first free compartment that fits and really opens; None if none did."""
-        candidates = await self.db.free_compartments(claims.size)
-        if not candidates:
-            await self._reject(session, RejectReason.NO_COMPARTMENT, f"no free {claims.size.name}")
-            return None
-        for compartment in candidates:
-            session.to(SessionState.DOOR_OPENING)
-            outcome = await self.locker.open(compartment)
-            if outcome is DoorOutcome.JAMMED:
-                session.to(SessionState.JAMMED)
-                await self.db.set_out_of_order(compartment, True)
-                await self._fault(FaultKind.JAMMED, compartment, "door did not open on command")
-                continue
-            session.compartment = compartment
-            session.to(SessionState.DOOR_OPEN)
-            return compartment
-        await self._reject(session, RejectReason.DOOR_JAMMED, "every fitting door is jammed")
-        return None
+    async def service_open(self, compartment: str, *, by: str, empty: bool) -> KioskSession:
+        """Open a door for service (clerk or ``open_door`` command) as its own session."""
+        async with self._busy:
+            session = KioskSession(code=f"service:{compartment}", on_change=self._notify)
+            self.session = session
+            session.to(SessionState.SCANNED)
+            try:
+                await service_open(self, session, compartment, by=by, empty=empty)
+            finally:
+                self.session, self.last_session = None, session
+                self.changed()
+            return session
 
-    async def _record_dropoff(
-        self, session: KioskSession, claims: VoucherClaims, compartment: str, scanned_at: float
-    ) -> None:
-        body = Dropoff(
-            return_id=str(claims.return_id),
-            merchant=claims.merchant,
-            method=DropoffMethod.LOCKER,
-            compartment=compartment,
-            size=claims.size.name,
-            items=claims.items,
-            voucher_kid=claims.kid,
-            scanned_at=scanned_at,
-            accepted_at=time.time(),
-        )
-        await self._append(body, used_return=str(claims.return_id), occupy=compartment)
-        self.counters.dropoffs += 1
+    async def forget_pickup(self, parcel_id: str) -> None:
+        """A clerk took a parcel out: its pickup code opens nothing any more."""
+        await self.db.drop_pickups_of(parcel_id)
 
-    async def _left_open(self, session: KioskSession, compartment: str) -> None:
-        session.to(SessionState.LEFT_OPEN, reason=RejectReason.DOOR_NOT_CLOSED.value)
-        await self.db.set_out_of_order(compartment, True)
-        await self._fault(FaultKind.LEFT_OPEN, compartment, "door not closed in time")
+    # ---- outcomes -----------------------------------------------------------------------
 
-    async def _reject(self, session: KioskSession, reason: RejectReason, detail: str) -> None:
-        if session.state is SessionState.JAMMED or session.state in (
+    async def reject(self, session: KioskSession, reason: RejectReason, detail: str) -> None:
+        """End ``session`` as rejected, tell the shopper, and report it."""
+        if session.state in (
             SessionState.SCANNED,
             SessionState.VERIFIED,
+            SessionState.JAMMED,
+            SessionState.AWAIT_BAG,
+            SessionState.AWAIT_TOTE,
         ):
             session.to(SessionState.REJECTED, reason=reason.value)
         self.counters.rejected[reason.value] = self.counters.rejected.get(reason.value, 0) + 1
+        self.indicators.refused()
         log.info("scan rejected: %s (%s)", reason.value, detail)
-        await self._append(ScanRejected(reason=reason, return_id=session.return_id, detail=detail))
+        return_id = session.return_id or session.parcel_id
+        await self.append(ScanRejected(reason=reason, return_id=return_id, detail=detail))
 
-    async def _fault(self, kind: FaultKind, compartment: str | None, detail: str) -> None:
+    async def fault(self, kind: FaultKind, compartment: str | None, detail: str) -> None:
+        """Report a hardware fault to the gateway."""
         self.counters.faults += 1
         log.warning("fault %s at %s: %s", kind.value, compartment, detail)
-        await self._append(Fault(kind=kind, compartment=compartment, detail=detail))
+        await self.append(Fault(kind=kind, compartment=compartment, detail=detail))
+
+    def set_alarm(self, compartment: str, on: bool, why: str = "left_open") -> None:
+        """Sound (or silence) the alarm for a compartment."""
+        if on:
+            self.alarms[compartment] = why
+        else:
+            self.alarms.pop(compartment, None)
+        self.indicators.alarm(bool(self.alarms))
+        self.changed()
 
     def _on_unexpected_open(self, compartment: str) -> None:
+        self.set_alarm(compartment, True, "forced")
         task = asyncio.get_running_loop().create_task(
-            self._fault(FaultKind.UNEXPECTED_OPEN, compartment, "door opened with no command")
+            self.fault(FaultKind.UNEXPECTED_OPEN, compartment, "door opened with no command")
         )
         self._tasks.append(task)
 
-    async def _append(
-        self, body: BaseModel, *, used_return: str | None = None, occupy: str | None = None
+    def _on_door(self, event: DoorEvent) -> None:
+        if not event.open and self.alarms.get(event.compartment) == "forced":
+            self.set_alarm(event.compartment, False)
+        self.changed()
+
+    async def append(
+        self,
+        body: BaseModel,
+        *,
+        used_return: str | None = None,
+        occupy: str | None = None,
+        occupant: tuple[str, str] | None = None,
+        free: str | None = None,
+        drop_pickup: str | None = None,
     ) -> None:
+        """Write an event to the outbox (with the state change behind it) and wake delivery."""
         await self.db.append_event(
             event_id=new_id(),
             event_type=envelope.message_type(body),
-            session=self._session_number,
+            session=self.session_number,
             body=body.model_dump_json(),
             used_return=used_return,
             occupy=occupy,
+            occupant=occupant,
+            free=free,
+            drop_pickup=drop_pickup,
         )
         self.outbox.wake()
+        self.changed()
 
-    # ---- printing -----------------------------------------------------------------------
-
-    async def _print_receipt(self, claims: VoucherClaims, compartment: str) -> None:
-        receipt = Receipt(
-            return_id=str(claims.return_id),
-            merchant=claims.merchant,
-            store=self.config.store,
-            compartment=compartment,
-            dropped_at=datetime.now(UTC),
-            short_code="",
-            lines=[f"{claims.items} item(s), size {claims.size.name}"],
-        )
+    async def print_label(self, image: Image.Image, *, job: str) -> bool:
+        """Print on the label printer; a failure is a printer fault and False."""
         try:
-            await self.devices.printer.print(render(receipt), job=f"receipt-{claims.return_id}")
-        except Exception as exc:  # a printer fault never undoes an accepted drop-off
-            await self._fault(FaultKind.PRINTER, None, f"receipt: {exc}")
+            await self.devices.label_printer.print(image, job=job)
+        except Exception as exc:
+            await self.fault(FaultKind.PRINTER, None, f"{job}: {exc}")
+            return False
+        return True
+
+    # ---- background ---------------------------------------------------------------------
+
+    async def _housekeeping(self) -> None:
+        camera_faulted = False
+        while True:
+            await asyncio.sleep(HOUSEKEEPING_S)  # a periodic chore, not a wait for an event
+            self.clerks.expire_idle()
+            await self.db.purge_expired(time.time())
+            healthy = getattr(self.devices.camera, "healthy", True)
+            if not healthy and not camera_faulted:
+                await self.fault(FaultKind.CAMERA, None, "camera gives no frames; reopening")
+            camera_faulted = not healthy
+
+    async def _watch_link(self) -> None:
+        while True:
+            await self.link.connected.wait()
+            self._link_changed()
+            await self.link.disconnected.wait()
+            self._link_changed()
+
+    def _link_changed(self) -> None:
+        if self.online:
+            self.indicators.ready()
+        else:
+            self.indicators.offline()
+        self.changed()
 
     # ---- inbound ------------------------------------------------------------------------
 
@@ -311,13 +500,24 @@ class EdgeAgent:
             await self.outbox.on_ack(body.ids)
         elif isinstance(body, StoreConfig) and parsed.channel == "config":
             await self._apply_config(body)
-        elif isinstance(body, PrintLabel):
-            await self._print_label(body)
-        elif isinstance(body, CollectParcels):
-            await self._collect(body)
+        elif isinstance(body, GatewayStatus) and parsed.channel == "gateway_status":
+            self.gateway_online = body.online
+            self._link_changed()
+        elif isinstance(
+            body, PrintLabel | CollectParcels | OpenDoor | PickupCode | Sync | Configure
+        ):
+            await self._command(body)
         else:
             self.counters.malformed_inbound += 1
             log.warning("unexpected %s on %s", message.type, topic)
+
+    async def _command(self, body: Command) -> None:
+        if isinstance(body, OpenDoor):
+            # A door command waits for the kiosk to be free: run it beside the link's loop.
+            task = asyncio.get_running_loop().create_task(self.commands.handle(body))
+            self._tasks.append(task)
+            return
+        await self.commands.handle(body)
 
     async def _apply_config(self, config: StoreConfig) -> None:
         if config.store != self.config.store:
@@ -325,51 +525,4 @@ class EdgeAgent:
         if await self.db.save_store_config(config):
             log.info("store config version %d applied", config.version)
         self.config_ready.set()
-
-    async def _fresh_command(self, command_id: str, expires_at: float) -> bool:
-        """True for a command to carry out now; answers repeats (ignored) and expired ones."""
-        if not await self.db.first_sight_of_command(command_id):
-            self.counters.duplicate_commands += 1
-            return False
-        self.counters.commands += 1
-        if expires_at < time.time():
-            await self._command_result(command_id, CommandOutcome.EXPIRED)
-            return False
-        return True
-
-    async def _collect(self, command: CollectParcels) -> None:
-        if not await self._fresh_command(command.command_id, command.expires_at):
-            return
-        freed = await self.db.release_returns(command.return_ids)
-        log.info("tote %s: compartments %s emptied", command.tote_id, ", ".join(freed) or "none")
-        await self._command_result(
-            command.command_id, CommandOutcome.SUCCEEDED, f"freed {len(freed)} compartment(s)"
-        )
-
-    async def _print_label(self, command: PrintLabel) -> None:
-        if not await self._fresh_command(command.command_id, command.expires_at):
-            return
-        label = ToteLabel(
-            tote_id=command.tote_id,
-            store=self.config.store,
-            carrier=command.carrier,
-            waybill=command.waybill,
-            pickup_start=_when(command.pickup_start),
-            pickup_end=_when(command.pickup_end),
-            manifest=[LabelManifestLine(m.return_id, m.merchant, m.size) for m in command.manifest],
-        )
-        try:
-            await self.devices.printer.print(render(label), job=f"tote-{command.tote_id}")
-        except Exception as exc:
-            await self._command_result(command.command_id, CommandOutcome.FAILED, str(exc))
-            return
-        await self._command_result(command.command_id, CommandOutcome.SUCCEEDED)
-
-    async def _command_result(
-        self, command_id: str, outcome: CommandOutcome, detail: str = ""
-    ) -> None:
-        await self._append(CommandResult(command_id=command_id, outcome=outcome, detail=detail))
-
-
-def _when(ts: float | None) -> datetime | None:
-    return None if ts is None else datetime.fromtimestamp(ts, UTC)
+        self.changed()

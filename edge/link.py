@@ -37,11 +37,13 @@ class KioskLink:
         session: int,
         version: str,
         on_message: Handler,
+        capabilities: list[str] | None = None,
     ) -> None:
         self._settings = settings
         self._store, self._device = store, device
         self._session, self._version = session, version
         self._on_message = on_message
+        self._capabilities = list(capabilities or [])
         self._client: aiomqtt.Client | None = None
         self.connected = asyncio.Event()
         self.disconnected = asyncio.Event()
@@ -50,7 +52,12 @@ class KioskLink:
         self.connections = 0
 
     def _status(self, online: bool) -> bytes:
-        body = Status(online=online, session=self._session, version=self._version)
+        body = Status(
+            online=online,
+            session=self._session,
+            version=self._version,
+            capabilities=self._capabilities if online else [],
+        )
         env = envelope.make(
             body, store=self._store, device=self._device, seq=0, session=self._session
         )

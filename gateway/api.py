@@ -194,6 +194,8 @@ async def metrics(request: web.Request) -> web.Response:
 
 def make_app(gateway: "Gateway") -> web.Application:
     """The aiohttp application for ``gateway``."""
+    from gateway import kiosk_api
+
     app = web.Application(middlewares=[errors_middleware], client_max_size=256 * 1024)
     app[GATEWAY] = gateway
     app.router.add_post("/v1/returns", create_return)
@@ -204,4 +206,5 @@ def make_app(gateway: "Gateway") -> web.Application:
     app.router.add_post("/v1/carriers/{carrier}/push", carrier_push)
     app.router.add_get("/v1/health", health)
     app.router.add_get("/v1/metrics", metrics)
+    kiosk_api.add_routes(app)
     return app

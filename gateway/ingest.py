@@ -9,7 +9,7 @@ One batch of raw MQTT messages is one transaction:
    cursor (the last ``seq`` applied); an event right after it is applied, a later one waits
    in ``pending_events`` until the gap fills or :meth:`Ingest.release_stale_gaps` gives up
    on it; an event at or below the cursor (a kiosk whose numbering restarted) is applied at
-   once and counted as late;
+   once and counted as late, and so is a live request with ``seq`` 0;
 4. after the commit the caller acks every stored event, new or duplicate, to its kiosk.
 
 Applying is set-based so that a batch costs a handful of statements, not a few per event:
@@ -39,6 +39,9 @@ EventHandler = Callable[[Transaction, Sequence[Event]], Awaitable[bool]]
 timers (a tote to book, a refund to send)."""
 
 ACKED_TYPES = EVENT_TYPES | {"cmd_result"}
+UNSEQUENCED = 0
+"""The ``seq`` of a live request sent outside the outbox (``code_lookup``): applied at once,
+outside its device's order."""
 DeviceKey = tuple[str, str]
 
 
@@ -177,7 +180,7 @@ class Ingest:
             cursor, pending_ids = cursors[key]
             earlier = await _load_pending(tx, pending_ids) if pending_ids else []
             if cursor < 0:  # a device we have never heard from starts where it is now
-                cursor = min(e.seq for e in events) - 1
+                cursor = min((e.seq for e in events if e.seq != UNSEQUENCED), default=1) - 1
             applicable, held, cursor = self._contiguous([*events, *earlier], cursor)
             ready[key] = applicable
             waiting = {str(e.id) for e in held}
@@ -193,7 +196,9 @@ class Ingest:
         applicable: list[Event] = []
         held: list[Event] = []
         for event in sorted({e.id: e for e in events}.values(), key=lambda e: e.seq):
-            if event.seq <= cursor:
+            if event.seq == UNSEQUENCED:
+                applicable.append(event)
+            elif event.seq <= cursor:
                 self.stats.late += 1
                 log.info("late event %s seq %d (cursor %d)", event.id, event.seq, cursor)
                 applicable.append(event)

@@ -11,7 +11,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from gateway import commands, consolidation
+from gateway import commands, consolidation, kiosk_flows
 from gateway.api import make_app
 from gateway.carriers.base import Carrier
 from gateway.carriers.kdniao import KdniaoCarrier
@@ -87,6 +87,8 @@ class Gateway:
         ingest.on("cmd_result", commands.record_results)
         ingest.on("fault", self.faults.record_faults)
         ingest.on("scan_rejected", self.faults.count_rejections)
+        for event_type in kiosk_flows.EVENT_TYPES | kiosk_flows.LIVE_TYPES:
+            ingest.on(event_type, kiosk_flows.apply_all)
         return ingest
 
     def _make_carriers(self, session: aiohttp.ClientSession) -> dict[str, Carrier]:
@@ -188,6 +190,7 @@ class Gateway:
                 (time.time(),),
             )
             content = {"voucher_keys": keys, "revoked_returns": [str(r[0]) for r in revoked]}
+            content.update(await kiosk_flows.config_extras(tx, store))
             row = await tx.fetchone(
                 "SELECT config_version, config_body FROM stores WHERE id = ?", (store,)
             )
@@ -246,6 +249,7 @@ class Gateway:
             log.info("tote %s closed: %s", tote_id, reason)
         await self.ingest.release_stale_gaps(self.config.seq_gap_timeout_s)
         await self.shipping.book_due()
+        await kiosk_flows.sync_due(self.db)
         await self._dispatch_commands()
         await self.refunds.process_due()
 

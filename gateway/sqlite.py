@@ -43,14 +43,14 @@ class SqliteTransaction:
 
     async def fetchone(self, sql: str, params: Params = ()) -> Row | None:
         """First row of a query, or None."""
-        async with self._c.execute(sql, params) as cursor:
-            row = await cursor.fetchone()
-        return None if row is None else tuple(row)
+        rows = await self.fetchall(sql, params)
+        return rows[0] if rows else None
 
     async def fetchall(self, sql: str, params: Params = ()) -> list[Row]:
-        """All rows of a query."""
-        async with self._c.execute(sql, params) as cursor:
-            return [tuple(r) for r in await cursor.fetchall()]
+        """All rows of a query, read in one call on the connection's thread: a cursor left
+        open across an ``await`` would pin its snapshot for every read sharing the
+        connection, so they would miss commits made meanwhile."""
+        return [tuple(r) for r in await self._c.execute_fetchall(sql, params)]
 
     def for_update(self, *, of: str | None = None, skip_locked: bool = False) -> str:
         """Nothing: a SQLite write transaction already excludes every other."""

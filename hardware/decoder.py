@@ -5,10 +5,11 @@ DESIGN §9: zxing-cpp is best or near-best on every image set and fast; pyzbar h
 value, which :class:`PyzbarDecoder` guards against.
 """
 
-from collections.abc import Iterable, Sequence
+from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import zxingcpp
@@ -43,10 +44,16 @@ class ImageLoadError(ValueError):
 VOUCHER_FORMATS = frozenset({"QRCode"})
 """Vouchers and pickup codes are QR codes."""
 
+KIOSK_FORMATS = frozenset({"QRCode", "Code128"})
+"""What a kiosk reads from shoppers and staff: vouchers and pickup codes (QR), staff badges,
+bag and tote labels (Code 128, or QR)."""
+
 PARCEL_FORMATS = frozenset(
     {"QRCode", "Code128", "EAN13", "EAN8", "UPCA", "UPCE", "ITF", "Code39", "DataMatrix"}
 )
-"""Carrier and merchant parcel labels, bag labels and badges."""
+"""Carrier and merchant parcel labels, while a clerk or courier loads parcels."""
+
+TWO_D_FORMATS = frozenset({"QRCode", "DataMatrix", "Aztec", "PDF417", "MicroQRCode"})
 
 ALL_FORMATS: frozenset[str] | None = None
 
@@ -77,17 +84,31 @@ class ZxingDecoder:
         self._formats = _zxing_formats(formats) if formats else None
         self._binarizer = getattr(zxingcpp.Binarizer, binarizer)
 
-    def decode(self, image: Gray) -> list[Decoded]:
-        """Codes zxing-cpp finds in ``image``."""
-        kwargs = {"text_mode": zxingcpp.TextMode.Plain, "binarizer": self._binarizer}
+    def _read(self, image: Gray, *, errors: bool) -> list[Any]:
+        kwargs: dict[str, Any] = {
+            "text_mode": zxingcpp.TextMode.Plain,
+            "binarizer": self._binarizer,
+            "return_errors": errors,
+        }
         if self._formats is not None:
             kwargs["formats"] = self._formats
-        results = zxingcpp.read_barcodes(image, **kwargs)
-        return [Decoded(r.text, _format_name(r.format)) for r in results if r.valid]
+        return list(zxingcpp.read_barcodes(image, **kwargs))
+
+    def decode(self, image: Gray) -> list[Decoded]:
+        """Codes zxing-cpp finds in ``image``."""
+        return [Decoded(r.text, _format_name(r.format)) for r in self._read(image, errors=False)]
+
+    def decode_with_candidates(self, image: Gray) -> tuple[list[Decoded], list[Any]]:
+        """Codes read, and the positions of symbols found but not decoded (checksum or
+        format errors), which are worth a second, closer look."""
+        results = self._read(image, errors=True)
+        found = [Decoded(r.text, _format_name(r.format)) for r in results if r.valid]
+        return found, [r.position for r in results if not r.valid]
 
 
 def _format_name(fmt: object) -> str:
-    return str(fmt).rsplit(".", 1)[-1]
+    # zxing-cpp 3 prints formats as "QR Code"; the enum name is the stable one.
+    return str(getattr(fmt, "name", None) or str(fmt).rsplit(".", 1)[-1])
 
 
 _PYZBAR_NAMES = {
@@ -157,28 +178,96 @@ def _zbar_symbols(image: Gray) -> list[tuple[str, bytes]]:
     return symbols
 
 
-class DecoderChain:
-    """Tries decoders in order and returns the first non-empty result."""
+def _roi(image: Gray, position: object, margin: float = 0.25) -> Gray:
+    """The part of ``image`` around a zxing position, with a margin for the quiet zone."""
+    points = [
+        getattr(position, c) for c in ("top_left", "top_right", "bottom_left", "bottom_right")
+    ]
+    xs, ys = [int(p.x) for p in points], [int(p.y) for p in points]
+    pad = int(max(max(xs) - min(xs), max(ys) - min(ys)) * margin) + 8
+    height, width = image.shape[:2]
+    x0, x1 = max(0, min(xs) - pad), min(width, max(xs) + pad)
+    y0, y1 = max(0, min(ys) - pad), min(height, max(ys) + pad)
+    return image[y0:y1, x0:x1]
 
-    def __init__(self, decoders: Sequence[Decoder]) -> None:
-        self.decoders = list(decoders)
+
+class DecoderChain:
+    """zxing-cpp first; then cheap rescues only where they can pay off; pyzbar for 1D codes.
+
+    1. zxing-cpp on the whole frame, asking for the symbols it found but could not decode.
+    2. For each such symbol, its region alone, contrast-equalized (CLAHE: glare, dim light)
+       and upscaled 2× (small or steep codes): a few hundred thousand pixels, not a frame.
+    3. pyzbar, for 1D formats, on found-but-failed regions and on frames small enough
+       (``pyzbar_max_pixels``) that a whole pass is cheap; on a 720p frame with no candidate it
+       would cost several zxing passes for nothing.
+
+    A frame zxing reads costs exactly one zxing pass; a frame with no code costs one zxing pass
+    plus at most one pyzbar pass on small images. ``stats`` counts which stage read.
+    """
+
+    def __init__(
+        self,
+        formats: frozenset[str] | None = None,
+        *,
+        rescue: bool = True,
+        second_opinion: bool = True,
+        pyzbar_max_pixels: int = 800_000,
+    ) -> None:
+        self.formats = formats
+        self._zxing = ZxingDecoder(formats)
+        one_d = None if formats is None else formats - TWO_D_FORMATS
+        self._pyzbar = PyzbarDecoder(one_d) if second_opinion and (one_d is None or one_d) else None
+        self._rescue = rescue
+        self._pyzbar_max_pixels = pyzbar_max_pixels
+        self._clahe: Any = None
+        self.stats: Counter[str] = Counter()
 
     def decode(self, image: Gray) -> list[Decoded]:
-        """The first decoder's codes that finds any; empty when none does."""
-        for decoder in self.decoders:
-            found = decoder.decode(image)
+        """Every code found, or empty."""
+        gray = image if image.ndim == 2 else _to_gray(image)
+        found, candidates = self._zxing.decode_with_candidates(gray)
+        if found:
+            self.stats["zxing"] += 1
+            return found
+        regions = [r for r in (_roi(gray, c) for c in candidates) if r.size]
+        if self._rescue:
+            for region in regions:
+                found = self._rescue_region(region)
+                if found:
+                    self.stats["rescue"] += 1
+                    return found
+        if self._pyzbar is not None:
+            targets = regions + ([gray] if gray.size <= self._pyzbar_max_pixels else [])
+            for target in targets:
+                found = self._pyzbar.decode(target)
+                if found:
+                    self.stats["pyzbar"] += 1
+                    return found
+        self.stats["none"] += 1
+        return []
+
+    def _rescue_region(self, region: Gray) -> list[Decoded]:
+        import cv2
+
+        if self._clahe is None:
+            self._clahe = cv2.createCLAHE(clipLimit=3.0, tileGridSize=(8, 8))
+        for variant in (
+            self._clahe.apply(region),
+            cv2.resize(region, None, fx=2.0, fy=2.0, interpolation=cv2.INTER_CUBIC),
+        ):
+            found = self._zxing.decode(np.ascontiguousarray(variant))
             if found:
                 return found
         return []
 
 
+def _to_gray(image: NDArray[np.uint8]) -> Gray:
+    import cv2
+
+    gray: Gray = np.asarray(cv2.cvtColor(image, cv2.COLOR_BGR2GRAY), np.uint8)
+    return gray
+
+
 def default_chain(formats: frozenset[str] | None = ALL_FORMATS) -> DecoderChain:
-    """zxing-cpp, then zxing-cpp with a global-histogram binarizer, then pyzbar for 1D codes."""
-    decoders: list[Decoder] = [
-        ZxingDecoder(formats),
-        ZxingDecoder(formats, binarizer="GlobalHistogram"),
-    ]
-    one_d = None if formats is None else formats - {"QRCode", "DataMatrix"}
-    if one_d is None or one_d:
-        decoders.append(PyzbarDecoder(one_d))
-    return DecoderChain(decoders)
+    """The kiosk's chain for ``formats`` (None: every format zxing-cpp and zbar know)."""
+    return DecoderChain(formats)

@@ -1,10 +1,16 @@
-"""One label model, rendered once to a bitmap (Pillow + segno), then sent in any printer's
-language: receipts for shoppers, bag labels for counter drop-offs, tote labels with manifest."""
+"""One label model, rendered once to a bitmap (Pillow, segno for QR codes, python-barcode for
+Code 128), then sent in any printer's language: receipts for shoppers, bag labels for counter
+drop-offs, tote labels with their manifest.
+
+Bag and tote labels carry their id twice: as a QR code for the kiosk camera and as Code 128
+for the handheld scanners couriers and warehouses use."""
 
 from dataclasses import dataclass, field
 from datetime import datetime
 
 import segno
+from barcode import Code128
+from barcode.writer import ImageWriter
 from PIL import Image, ImageDraw, ImageFont
 
 DPI = 203  # the common thermal-printer resolution (8 dots/mm)
@@ -81,6 +87,22 @@ def qr_image(data: str, scale: int = 6, border: int = 4) -> Image.Image:
     return img.resize((size * scale, size * scale), Image.Resampling.NEAREST)
 
 
+def code128_image(data: str, *, height_mm: float = 12.0, module_mm: float = 0.375) -> Image.Image:
+    """A Code 128 barcode of ``data`` at 203 dpi (0.375 mm = 3 dots per narrow bar)."""
+    writer = ImageWriter(mode="L")
+    image = Code128(data, writer=writer).render(
+        {
+            "module_width": module_mm,
+            "module_height": height_mm,
+            "dpi": DPI,
+            "quiet_zone": 4.0,
+            "write_text": False,
+        }
+    )
+    assert isinstance(image, Image.Image)
+    return image
+
+
 class _Canvas:
     """Top-to-bottom layout on a white 1-bit page."""
 
@@ -100,6 +122,14 @@ class _Canvas:
 
     def qr(self, data: str, scale: int = 6) -> None:
         img = qr_image(data, scale)
+        block = Image.new("L", (self.width, img.height), 255)
+        block.paste(img, ((self.width - img.width) // 2, 0))
+        self.blocks.append(block)
+
+    def barcode(self, data: str) -> None:
+        img = code128_image(data)
+        if img.width > self.width:
+            img = img.resize((self.width, img.height), Image.Resampling.NEAREST)
         block = Image.new("L", (self.width, img.height), 255)
         block.paste(img, ((self.width - img.width) // 2, 0))
         self.blocks.append(block)
@@ -145,6 +175,7 @@ def _bag(b: BagLabel) -> _Canvas:
     c.text(f"BAG {b.bag_id}", big=True)
     c.text(f"{b.merchant} · {b.store}")
     c.qr(b.bag_id)
+    c.barcode(b.bag_id)
     c.text(f"Return {b.return_id}")
     return c
 
@@ -153,6 +184,7 @@ def _tote(t: ToteLabel) -> _Canvas:
     c = _Canvas(_mm(100))
     c.text(f"{t.carrier.upper()}  {t.waybill}", big=True)
     c.qr(t.waybill)
+    c.barcode(t.waybill)
     c.text(f"Tote {t.tote_id}")
     c.text(f"From store {t.store}")
     c.text(f"Pickup {_when(t.pickup_start)} - {_when(t.pickup_end)}")

@@ -10,6 +10,7 @@
 
 import asyncio
 import contextlib
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -131,6 +132,15 @@ class LockerBank:
         """What the door sensor says now."""
         return not self._sensors[compartment].is_active
 
+    @property
+    def compartments(self) -> list[str]:
+        """Compartment ids in pin-map order."""
+        return [c.id for c in self.spec.compartments]
+
+    def open_doors(self) -> list[str]:
+        """Compartments whose door sensor says open."""
+        return [c for c in self.compartments if self.is_open(c)]
+
     async def open(self, compartment: str, pulse_s: float | None = None) -> DoorOutcome:
         """Pulse the compartment's latch and report what the door sensor saw."""
         if self.is_open(compartment):
@@ -150,7 +160,12 @@ class LockerBank:
     async def _pulse(self, compartment: str, door: _Door, pulse_s: float) -> None:
         relay = self._relays[compartment]
         door.pulsing = True
+        # The hard cap does not depend on the event loop: if the loop stalls (a long GC pause,
+        # a blocked call), a timer thread still cuts the coil at max_pulse_s.
+        watchdog = threading.Timer(self.spec.max_pulse_s, relay.off)
+        watchdog.daemon = True
         relay.on()
+        watchdog.start()
         if self.on_relay is not None:
             self.on_relay(compartment, True)
         try:
@@ -159,6 +174,7 @@ class LockerBank:
                 async with asyncio.timeout(pulse_s):
                     await door.opened.wait()
         finally:
+            watchdog.cancel()
             relay.off()
             door.pulsing = False
             door.pulse_ended_at = time.monotonic()

@@ -7,9 +7,13 @@ Crockford's alphabet intends: case-insensitive, hyphens and spaces ignored, ``I`
 as ``1`` and ``O`` as ``0``.
 """
 
+import hashlib
 import secrets
 
 from protocol.errors import ShortCodeError
+
+PICKUP_PREFIX = "DLP:"
+"""A pickup code shown as a QR code reads ``DLP:`` + the canonical code."""
 
 ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 _VALUE = {c: i for i, c in enumerate(ALPHABET)}
@@ -50,3 +54,8 @@ def normalize(text: str) -> str:
 def display(code: str) -> str:
     """Grouped for reading aloud and printing: ``XXXX-XXXX-C``."""
     return f"{code[:4]}-{code[4:8]}-{code[8:]}"
+
+
+def digest(code: str) -> str:
+    """Hex SHA-256 of a canonical code: what a kiosk keeps instead of a pickup code."""
+    return hashlib.sha256(code.encode()).hexdigest()

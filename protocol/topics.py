@@ -76,8 +76,14 @@ def shared(group: str, topic_filter: str) -> str:
 
 
 def device_inbox(store: str, device: str) -> list[str]:
-    """What one kiosk subscribes to: its acks, its commands and its store's config."""
-    return [ack(store, device), f"{ROOT}/{store}/{device}/cmd/+", store_config(store)]
+    """What one kiosk subscribes to: its acks, its commands, its store's config, and the
+    gateway's presence (so its screen can say when it works offline)."""
+    return [
+        ack(store, device),
+        f"{ROOT}/{store}/{device}/cmd/+",
+        store_config(store),
+        GATEWAY_STATUS,
+    ]
 
 
 @dataclass(frozen=True)
@@ -113,9 +119,13 @@ def parse(topic: str) -> ParsedTopic:
     if len(parts) < 4 or f"{parts[0]}/{parts[1]}" != ROOT:
         raise BadTopic(f"not a {ROOT} topic: {topic!r}")
     rest = parts[2:]
+    if topic == GATEWAY_STATUS:
+        return ParsedTopic(store="gateway", device=None, channel="gateway_status")
     if len(rest) == 2 and rest[1] == "config":
         _checked(rest[0])
         return ParsedTopic(store=rest[0], device=None, channel="config")
+    if len(rest) < 3:
+        raise BadTopic(f"unknown channel layout: {topic!r}")
     store, device, channel, *leaf = rest
     _checked(store, device)
     if channel in (Channel.EVT, Channel.CMD) and len(leaf) == 1 and leaf[0]:

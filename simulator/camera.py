@@ -1,11 +1,10 @@
 """A simulated kiosk camera: voucher QR codes rendered into camera-like frames.
 
-Frames come at a fixed rate from a thread, like a real camera, through the same
-:class:`~hardware.camera.LatestFrameSlot`. ``show(text)`` puts a code in front of the lens
-for a number of frames; otherwise the camera sees an empty counter.
+Frames come at a fixed rate from the same capture thread and newest-frame slot a real
+camera uses (:class:`~hardware.camera.CaptureCamera`). ``show(text)`` puts a code in front
+of the lens for a number of frames; otherwise the camera sees an empty counter.
 """
 
-import asyncio
 import threading
 import time
 from collections import deque
@@ -16,7 +15,7 @@ import numpy as np
 import segno
 from numpy.typing import NDArray
 
-from hardware.camera import Frame, LatestFrameSlot
+from hardware.camera import CaptureCamera
 
 Image = NDArray[np.uint8]
 
@@ -118,8 +117,37 @@ def render_scene(
     return frame
 
 
-class SimulatedCamera:
-    """A camera at ``fps`` frames a second that sees what the test or demo shows it."""
+class SimulatedCapture:
+    """A ``cv2.VideoCapture`` stand-in: ``read()`` blocks for the camera's frame clock and
+    returns what the test or demo put in front of the lens, else the empty counter."""
+
+    def __init__(self, camera: "SimulatedCamera") -> None:
+        self._camera = camera
+        self._next_at = time.monotonic()
+        self._n = 0
+
+    def read(self) -> tuple[bool, Image]:
+        """The next frame, at ``fps``."""
+        cam = self._camera
+        delay = self._next_at - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)  # the camera's frame clock (we are on the capture thread)
+        self._next_at = max(self._next_at + 1.0 / cam.fps, time.monotonic() - 1.0)
+        if cam.failing:
+            return False, None  # type: ignore[return-value]
+        self._n += 1
+        return True, cam.take_frame(self._n)
+
+    def release(self) -> None:
+        """Nothing to free."""
+
+
+class SimulatedCamera(CaptureCamera):
+    """A camera at ``fps`` frames a second that sees what the test or demo shows it.
+
+    It is the real :class:`~hardware.camera.CaptureCamera` (capture thread, newest-frame slot,
+    reopen on failures) reading a :class:`SimulatedCapture` instead of a V4L2 device.
+    """
 
     def __init__(
         self,
@@ -129,67 +157,35 @@ class SimulatedCamera:
         seed: int = 0,
         distortion: Distortion = PRESETS["clean"],
     ) -> None:
+        super().__init__(lambda: SimulatedCapture(self), name="sim-camera")
         self.width, self.height, self.fps = width, height, fps
         self.distortion = distortion
+        self.failing = False
         self._rng = np.random.default_rng(seed)
-        self._slot = LatestFrameSlot()
         self._queue: deque[Image] = deque()
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._empty: list[Image] = []
-        self._seq = 0
-
-    @property
-    def dropped(self) -> int:
-        """Frames the consumer never took because a newer one replaced them."""
-        return self._slot.dropped
+        self._empty = [render_scene(None, self._rng, width, height) for _ in range(3)]
 
     def show(self, text: str, frames: int = 10) -> None:
         """Hold a QR code of ``text`` in front of the camera for the next ``frames`` frames."""
         d = replace(self.distortion)
+        rendered = render_scene(text, self._rng, self.width, self.height, distortion=d)
         with self._lock:
-            rendered = [render_scene(text, self._rng, self.width, self.height, distortion=d)]
-            self._queue.extend(rendered * frames)
+            self._queue.extend([rendered] * frames)
 
     def blank(self, frames: int = 5) -> None:
         """Show the empty counter for the next ``frames`` frames (the phone is taken away)."""
         with self._lock:
-            self._queue.extend([render_scene(None, self._rng, self.width, self.height)] * frames)
+            self._queue.extend([self._empty[0]] * frames)
 
     def push_frame(self, image: Image) -> None:
         """Make ``image`` the next frame (e.g. a dataset image)."""
         with self._lock:
             self._queue.append(image)
 
-    async def start(self) -> None:
-        """Start producing frames."""
-        self._slot.bind(asyncio.get_running_loop())
-        self._empty = [render_scene(None, self._rng, self.width, self.height) for _ in range(3)]
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._produce, name="sim-camera", daemon=True)
-        self._thread.start()
-
-    def _produce(self) -> None:
-        period = 1.0 / self.fps
-        next_at = time.monotonic()
-        while not self._stop.is_set():
-            with self._lock:
-                image = self._queue.popleft() if self._queue else None
-            if image is None:
-                image = self._empty[self._seq % len(self._empty)]
-            self._seq += 1
-            self._slot.put(Frame(image, time.monotonic(), self._seq))
-            next_at += period
-            self._stop.wait(max(0.0, next_at - time.monotonic()))  # the camera's frame clock
-
-    async def stop(self) -> None:
-        """Stop producing frames."""
-        self._stop.set()
-        if self._thread is not None:
-            await asyncio.to_thread(self._thread.join, 5)
-            self._thread = None
-
-    async def next_frame(self) -> Frame:
-        """The newest frame."""
-        return await self._slot.get()
+    def take_frame(self, n: int) -> Image:
+        """What the lens sees for frame ``n`` (called by the capture)."""
+        with self._lock:
+            if self._queue:
+                return self._queue.popleft()
+        return self._empty[n % len(self._empty)]

@@ -29,8 +29,9 @@ def test_every_label_renders_and_its_code_decodes() -> None:
     for name, (label, expected) in LABELS.items():
         image = render(label)
         assert image.mode == "1"
-        texts = [r.text for r in zxingcpp.read_barcodes(image.convert("L"))]
-        assert texts == [expected], name
+        found = {(r.format.name, r.text) for r in zxingcpp.read_barcodes(image.convert("L"))}
+        formats = {"QRCode", "Code128"} if name in ("bag", "tote") else {"QRCode"}
+        assert found == {(f, expected) for f in formats}, name
 
 
 async def test_png_printer_saves_files(tmp_path: Path) -> None:

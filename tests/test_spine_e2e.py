@@ -65,7 +65,7 @@ async def test_twenty_returns_reach_refunded_exactly_once(system: LocalSystem) -
     totes = await gateway.db.fetchall("SELECT state, item_count, waybill FROM totes")
     assert sum(int(t[1]) for t in totes) == 20
     assert all(t[2] for t in totes), "every tote was booked with a waybill"
-    labels = [p for k in system.kiosks for p in k.printer.printed if p.name.startswith("tote")]
+    labels = [p for k in system.kiosks for p in k.labels.printed if p.name.startswith("tote")]
     assert len(labels) == len(totes), "one tote label printed per tote"
 
 
