@@ -1,5 +1,7 @@
 """Carrier choice by rules: remote regions, urgency, rate table, store preference."""
 
+from pathlib import Path
+
 import pytest
 
 from gateway.carrier_choice import (
@@ -159,3 +161,11 @@ def test_store_preference_must_name_something_known() -> None:
     store = StoreSettings(id="store-1", name="s", address=address, prefer=["dhl"])
     with pytest.raises(ValueError, match="prefers unknown"):
         _config(stores=[store])
+
+
+def test_the_example_configuration_loads_and_chooses() -> None:
+    config = GatewayConfig.load(Path(__file__).parents[1] / "deploy" / "gateway.example.toml")
+    assert config.carrier_names == ["kdniao", "sf"]
+    chooser = CarrierChooser.from_config(config)
+    assert chooser.choose(ChoiceRequest("上海市", "上海市", 8)).service == "kdniao-yto"
+    assert chooser.choose(ChoiceRequest("甘肃省", "上海市", 8)).service == "kdniao-ems"
