@@ -145,6 +145,7 @@ class SystemOptions:
     )
     payment_knobs: PaymentKnobs = field(default_factory=PaymentKnobs)
     payment_timeout_s: float = 5.0
+    database: str | None = None  # the gateway's; None: a SQLite file in the workdir
 
 
 @dataclass
@@ -270,7 +271,7 @@ class LocalSystem:
     ) -> GatewayConfig:
         opts = self.options
         return GatewayConfig(
-            database=self.workdir / "gateway.sqlite3",
+            database=self.options.database or str(self.workdir / "gateway.sqlite3"),
             http_port=port,
             broker=BrokerSettings(port=self.broker.port, reconnect_s=0.2),
             merchants=[

@@ -183,9 +183,14 @@ async def carrier_push(request: web.Request) -> web.Response:
         gateway.metrics[f"carrier_push_rejected_{carrier.name}"] += 1
         log.warning("rejected %s push: %s", carrier.name, exc)
         return web.json_response(carrier.push_reply(False, exc.reason), status=400)
-    gateway.metrics["carrier_push_accepted"] += 1
-    await gateway.tracking.apply(updates, cause_id=f"{carrier.name}-push-{new_id()}")
+    applied = await gateway.tracking.apply(updates, cause_id=f"{carrier.name}-push-{new_id()}")
     gateway.wake()
+    if applied.unknown:
+        # Perhaps ahead of its booking's commit: the carrier sends it again later.
+        gateway.metrics["carrier_push_deferred"] += 1
+        reason = f"unknown waybill(s) {', '.join(sorted(set(applied.unknown)))}; send again"
+        return web.json_response(carrier.push_reply(False, reason))
+    gateway.metrics["carrier_push_accepted"] += 1
     return web.json_response(carrier.push_reply(True))
 
 

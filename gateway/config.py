@@ -175,7 +175,9 @@ class BrokerSettings(_Model):
 class GatewayConfig(_Model):
     """Everything the gateway needs to start."""
 
-    database: Path
+    database: str = Field(min_length=1)
+    """A SQLite file path (the embedded default) or a ``postgresql://`` URL, optionally
+    with ``?schema=name``."""
     http_host: str = "127.0.0.1"
     http_port: int = 8080
     public_url: str | None = None

@@ -20,7 +20,7 @@ from gateway.carriers.resilience import CircuitBreaker, Resilience, RetryPolicy
 from gateway.carriers.sf_express import SfExpressCarrier
 from gateway.commands import CommandDispatcher
 from gateway.config import BreakerSettings, GatewayConfig, RetrySettings
-from gateway.database import Database
+from gateway.database import Database, open_database
 from gateway.ingest import Ingest
 from gateway.keys import SigningKeys
 from gateway.mqtt import Batch, GatewayLink, GatewayLinkDownError
@@ -56,7 +56,7 @@ class Gateway:
     async def start(self) -> None:
         """Open storage, connect to carriers, payments and the broker, serve HTTP."""
         cfg = self.config
-        self._db = await Database.open(cfg.database)
+        self._db = await open_database(cfg.database)
         await self._seed()
         self._keys = await SigningKeys.load_or_create(self._db)
         self._http = aiohttp.ClientSession()
@@ -297,11 +297,13 @@ class Gateway:
         self, *, state: str | None, merchant: str | None, limit: int
     ) -> list[dict[str, Any]]:
         """Returns, newest first, filtered by state and merchant."""
+        filters = {"state": state, "merchant": merchant}
+        where = [f"{column} = ?" for column, value in filters.items() if value is not None]
         rows = await self.db.fetchall(
             "SELECT id, state, merchant, order_id, tote_id, updated_at FROM returns "
-            "WHERE (? IS NULL OR state = ?) AND (? IS NULL OR merchant = ?) "
-            "ORDER BY created_at DESC LIMIT ?",
-            (state, state, merchant, merchant, limit),
+            + ("WHERE " + " AND ".join(where) if where else "")
+            + " ORDER BY created_at DESC LIMIT ?",
+            (*(v for v in filters.values() if v is not None), limit),
         )
         keys = ("id", "state", "merchant", "order_id", "tote_id", "updated_at")
         return [dict(zip(keys, r, strict=True)) for r in rows]

@@ -137,6 +137,11 @@ class ShippingDesk:
         carrier = self._carriers[carrier_name]
         req = self._shipment_request(tote_id, store, count, product)
         shipment = await carrier.create_shipment(req)
+        async with self._db.transaction() as tx:
+            # Tracked from the moment the waybill exists: pushes can come before we are done.
+            await register_shipment(
+                tx, shipment, quiet_after_s=self._tracking.settings.quiet_after_s, tote_id=tote_id
+            )
         booking = await carrier.book_pickup(shipment, req)
         await carrier.subscribe(shipment)
         async with self._db.transaction() as tx:
@@ -152,12 +157,9 @@ class ShippingDesk:
             )
             if not changed:
                 return
-            await register_shipment(
-                tx,
-                shipment,
-                quiet_after_s=self._tracking.settings.quiet_after_s,
-                tote_id=tote_id,
-                booking_id=booking.booking_id,
+            await tx.execute(
+                "UPDATE shipments SET booking_id = ? WHERE carrier = ? AND waybill = ?",
+                (booking.booking_id, shipment.carrier, shipment.waybill),
             )
             await self._queue_label(tx, tote_id, store, service, booking)
         self.booked += 1
@@ -227,6 +229,11 @@ class ShippingDesk:
                 "UPDATE totes SET state = 'exception', booking_attempts = booking_attempts + 1, "
                 "last_error = ? WHERE id = ? AND state = 'closed'",
                 (detail, tote_id),
+            )
+            # A waybill made before the refusal will not travel: stop following it.
+            await tx.execute(
+                "UPDATE shipments SET finished_at = ? WHERE tote_id = ? AND finished_at IS NULL",
+                (time.time(), tote_id),
             )
             await queue.open_exception(
                 tx, Subject.tote(tote_id, carrier), Reason.BOOKING_REJECTED, detail

@@ -14,7 +14,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from gateway import carrier_exceptions as queue
@@ -54,13 +54,27 @@ PROGRESS: dict[TrackingState, int] = {
 }
 """How far along a shipment is; its recorded state only ever moves up."""
 
+TOTE_STATE_SQL = "UPDATE totes SET state = ? WHERE id = ? AND state NOT IN ('open', 'closed')"
+"""A tote follows its shipment once booked; while its booking is still being recorded, the
+booking desk owns its state."""
+
 CLAIM_DUE_POLLS = (
     "SELECT carrier, waybill, order_code, product, last_news_at FROM shipments "
     "WHERE finished_at IS NULL AND next_poll_at <= ? ORDER BY next_poll_at LIMIT ?"
 )
-"""Shipments due for a poll. Claimed by pushing ``next_poll_at`` forward (a lease) in the same
-transaction; with several gateway replicas on PostgreSQL, append ``FOR UPDATE SKIP LOCKED``
-so each replica claims different rows."""
+"""Shipments due for a poll, selected ``FOR UPDATE SKIP LOCKED`` on PostgreSQL and claimed by
+pushing ``next_poll_at`` forward (a lease) in the same transaction, so several gateway
+replicas poll different shipments; the carrier calls run after the commit."""
+
+
+@dataclass
+class Applied:
+    """What a batch of tracking updates did: how many were new, and the waybills we do not
+    track (yet: a push can overtake the commit of its booking), left for the carrier to
+    send again."""
+
+    new: int = 0
+    unknown: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -148,21 +162,29 @@ class TrackingDesk:
 
     # ---- updates ------------------------------------------------------------------------
 
-    async def apply(self, updates: list[TrackingUpdate], cause_id: str) -> int:
-        """Record tracking updates and move their shipments' returns; returns how many were
-        new (a replayed update changes nothing)."""
-        applied = 0
+    async def apply(self, updates: list[TrackingUpdate], cause_id: str) -> Applied:
+        """Record tracking updates and move their shipments' returns. A replayed update
+        changes nothing; one for a waybill we do not track is not recorded at all, so that
+        the carrier's retry of it still counts once we do."""
+        result = Applied()
         now = time.time()
         async with self._db.transaction() as tx:
             for update in sorted(updates, key=lambda u: u.at):
-                if await self._apply_one(tx, update, cause_id, now):
-                    applied += 1
-        self.applied += applied
-        return applied
+                ship = await self._shipment(tx, update.carrier, update.waybill)
+                if ship is None:
+                    result.unknown.append(update.waybill)
+                elif await self._apply_one(tx, ship, update, cause_id, now):
+                    result.new += 1
+        if result.unknown:
+            self.unknown_waybills += len(result.unknown)
+            log.warning("tracking for waybills we do not track: %s", result.unknown)
+        self.applied += result.new
+        return result
 
     async def _apply_one(
-        self, tx: Transaction, update: TrackingUpdate, cause_id: str, now: float
-    ) -> bool:
+        self, tx: Transaction, ship: ShipmentRow, update: TrackingUpdate, cause_id: str,
+        now: float,
+    ) -> bool:  # fmt: skip
         inserted = await tx.execute(
             "INSERT INTO tracking (carrier, waybill, state, carrier_state, at, detail, "
             "received_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
@@ -172,11 +194,6 @@ class TrackingDesk:
         if not inserted:
             self.duplicates += 1
             return False
-        ship = await self._shipment(tx, update.carrier, update.waybill)
-        if ship is None:
-            self.unknown_waybills += 1
-            log.warning("tracking for unknown waybill %s/%s", update.carrier, update.waybill)
-            return True
         await tx.execute(
             "UPDATE shipments SET last_news_at = ?, next_poll_at = ? "
             "WHERE carrier = ? AND waybill = ?",
@@ -213,7 +230,7 @@ class TrackingDesk:
         )
         if ship.tote_id is not None:
             await tx.execute(
-                "UPDATE totes SET state = ? WHERE id = ?",
+                TOTE_STATE_SQL,
                 (TRACKING_TO_RETURN[state].value, ship.tote_id),
             )
 
@@ -258,7 +275,7 @@ class TrackingDesk:
                 await move(tx, return_id, ReturnState.EXCEPTION, cause)
         if ship.tote_id is not None:
             await tx.execute(
-                "UPDATE totes SET state = ? WHERE id = ?",
+                TOTE_STATE_SQL,
                 (ReturnState.EXCEPTION.value, ship.tote_id),
             )
         return exception_id
@@ -269,7 +286,9 @@ class TrackingDesk:
         """Query every shipment that has gone quiet; returns how many were polled."""
         now = time.time() if now is None else now
         async with self._db.transaction() as tx:
-            rows = await tx.fetchall(CLAIM_DUE_POLLS, (now, self.settings.poll_batch))
+            rows = await tx.fetchall(
+                CLAIM_DUE_POLLS + tx.for_update(skip_locked=True), (now, self.settings.poll_batch)
+            )
             for carrier, waybill, *_ in rows:
                 await tx.execute(
                     "UPDATE shipments SET next_poll_at = ?, polls = polls + 1 "
@@ -295,7 +314,8 @@ class TrackingDesk:
             self.poll_failures += 1
             log.info("poll of %s %s failed: %s", shipment.carrier, shipment.waybill, exc)
             return 0
-        return await self.apply(updates, cause_id=f"{shipment.carrier}-poll-{new_id()}")
+        applied = await self.apply(updates, cause_id=f"{shipment.carrier}-poll-{new_id()}")
+        return applied.new
 
     async def _silent(self, shipment: Shipment, quiet_s: float) -> None:
         async with self._db.transaction() as tx:
@@ -364,7 +384,7 @@ class TrackingDesk:
             await advance_return(tx, return_id, target, cause, self._refund_provider, resume=True)
         if ship.tote_id is not None:
             state = implied.value if implied is not None else "booked"
-            await tx.execute("UPDATE totes SET state = ? WHERE id = ?", (state, ship.tote_id))
+            await tx.execute(TOTE_STATE_SQL, (state, ship.tote_id))
         await tx.execute(
             "UPDATE shipments SET last_news_at = ?, next_poll_at = ? "
             "WHERE carrier = ? AND waybill = ? AND finished_at IS NULL",

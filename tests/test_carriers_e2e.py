@@ -2,6 +2,9 @@
 push and by polling, queues problems as exceptions an operator resolves, and tracks a home
 pickup. Real Mosquitto, gateway, edge agents and HTTP; only the carriers are simulated."""
 
+import copy
+import dataclasses
+import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -10,7 +13,8 @@ from typing import Any
 import pytest
 
 from dropline.system import LocalSystem, SystemOptions
-from gateway.carriers.base import Address, Parcel, ShipmentRequest
+from gateway.carriers import kdniao_wire
+from gateway.carriers.base import Address, Parcel, Shipment, ShipmentRequest
 from gateway.config import RetrySettings, TrackingSettings
 from gateway.tracking import register_shipment
 from simulator.carrier_http import CarrierKnobs
@@ -21,8 +25,12 @@ FAST_TRACKING = TrackingSettings(quiet_after_s=0.2, poll_every_s=0.2, silent_aft
 
 
 @pytest.fixture
-async def system(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[LocalSystem]:
-    s = LocalSystem(tmp_path, getattr(request, "param", None) or options())
+async def system(
+    tmp_path: Path, request: pytest.FixtureRequest, gateway_database: str
+) -> AsyncIterator[LocalSystem]:
+    # A copy: the knobs are mutable and the same parameters serve both database backends.
+    opts = copy.deepcopy(getattr(request, "param", None) or options())
+    s = LocalSystem(tmp_path, dataclasses.replace(opts, database=gateway_database))
     await s.start()
     try:
         yield s
@@ -295,3 +303,29 @@ async def test_home_pickup_is_tracked_to_refund(system: LocalSystem, carrier: st
     await system.wait_for_state([ret["id"]], "refunded", timeout_s=60)
     path = [to for to, _ in await causes(system, ret["id"])]
     assert path == ["authorized", "shipped", "in_transit", "received", "refunded"]
+
+
+@pytest.mark.parametrize("system", [options(kiosks_per_store=0)], indirect=True)
+async def test_push_ahead_of_its_booking_is_taken_when_sent_again(system: LocalSystem) -> None:
+    gateway, kdniao = system.gateway, system.kdniao
+    assert gateway is not None and kdniao is not None
+    ret = await system.authorize_return(1)
+    trace = {"AcceptTime": "2026-11-22 10:00:00", "AcceptStation": "已揽收"}
+    item = {"LogisticCode": "YTO999", "OrderCode": ret["id"], "State": "1", "StateEx": "1",
+            "Traces": [trace]}  # fmt: skip
+    data = json.dumps({"EBusinessID": kdniao.ebusiness_id, "Count": 1, "Data": [item]})
+    push = kdniao_wire.form(kdniao_wire.PUSH, data, kdniao.ebusiness_id, kdniao.app_key)
+
+    status, reply = await api(system, "POST", "/v1/carriers/kdniao/push", data=push)
+    assert status == 200 and reply["Success"] is False, "not ours yet: send it again"
+    assert "YTO999" in reply["Reason"]
+    async with gateway.db.transaction() as tx:
+        await register_shipment(
+            tx, Shipment("kdniao", ret["id"], "YTO999", "YTO"), quiet_after_s=60,
+            return_id=ret["id"],
+        )  # fmt: skip
+    status, reply = await api(system, "POST", "/v1/carriers/kdniao/push", data=push)
+    assert reply["Success"] is True
+    assert (await system.get_return(ret["id"]))["state"] == "shipped"
+    _, metrics = await api(system, "GET", "/v1/metrics")
+    assert (metrics["carrier_push_deferred"], metrics["carrier_push_accepted"]) == (1, 1)

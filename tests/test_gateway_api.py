@@ -14,8 +14,8 @@ from protocol import shortcode, voucher
 
 
 @pytest.fixture
-async def system(tmp_path: Path) -> AsyncIterator[LocalSystem]:
-    s = LocalSystem(tmp_path, SystemOptions(kiosks_per_store=0))
+async def system(tmp_path: Path, gateway_database: str) -> AsyncIterator[LocalSystem]:
+    s = LocalSystem(tmp_path, SystemOptions(kiosks_per_store=0, database=gateway_database))
     await s.start()
     yield s
     await s.stop()

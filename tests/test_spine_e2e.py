@@ -2,6 +2,7 @@
 payments. Nothing of ours is mocked; only hardware and outside services are simulated."""
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -15,9 +16,11 @@ pytestmark = pytest.mark.timeout(240)
 
 
 @pytest.fixture
-async def system(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[LocalSystem]:
+async def system(
+    tmp_path: Path, request: pytest.FixtureRequest, gateway_database: str
+) -> AsyncIterator[LocalSystem]:
     options = getattr(request, "param", None) or SystemOptions()
-    s = LocalSystem(tmp_path, options)
+    s = LocalSystem(tmp_path, dataclasses.replace(options, database=gateway_database))
     await s.start()
     try:
         yield s

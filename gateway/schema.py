@@ -1,0 +1,209 @@
+"""The gateway's schema as numbered migrations, run in order at start-up (ADR 0004).
+
+Each entry is one migration: statements separated by ``;``, in the DDL SQLite and
+PostgreSQL share. ``AUTO_ID`` is the one dialect token: an auto-numbered primary key.
+Never edit a migration that has shipped; append a new one.
+"""
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from gateway.database import Transaction
+
+MIGRATIONS: list[str] = [
+    # 1: the spine
+    """
+    CREATE TABLE merchants (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        refund_policy TEXT NOT NULL,
+        currency TEXT NOT NULL
+    );
+    CREATE TABLE stores (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        config_version BIGINT NOT NULL DEFAULT 0,
+        config_body TEXT
+    );
+    CREATE TABLE signing_keys (
+        kid TEXT PRIMARY KEY,
+        private_key BYTEA NOT NULL,
+        created_at DOUBLE PRECISION NOT NULL,
+        active BIGINT NOT NULL
+    );
+    CREATE TABLE returns (
+        id TEXT PRIMARY KEY,
+        merchant TEXT NOT NULL REFERENCES merchants (id),
+        order_id TEXT NOT NULL,
+        items TEXT NOT NULL,
+        item_count BIGINT NOT NULL,
+        reason TEXT NOT NULL,
+        amount_minor BIGINT NOT NULL,
+        currency TEXT NOT NULL,
+        method TEXT NOT NULL,
+        size TEXT NOT NULL,
+        stores TEXT NOT NULL,
+        customer TEXT NOT NULL,
+        state TEXT NOT NULL,
+        short_code TEXT NOT NULL UNIQUE,
+        voucher TEXT NOT NULL,
+        expires_at DOUBLE PRECISION NOT NULL,
+        store TEXT,
+        device TEXT,
+        tote_id TEXT,
+        created_at DOUBLE PRECISION NOT NULL,
+        updated_at DOUBLE PRECISION NOT NULL
+    );
+    CREATE INDEX returns_tote ON returns (tote_id);
+    CREATE INDEX returns_state ON returns (state);
+    CREATE TABLE return_history (
+        id AUTO_ID,
+        return_id TEXT NOT NULL REFERENCES returns (id),
+        from_state TEXT,
+        to_state TEXT NOT NULL,
+        cause_kind TEXT NOT NULL,
+        cause_id TEXT,
+        at DOUBLE PRECISION NOT NULL
+    );
+    CREATE INDEX return_history_return ON return_history (return_id);
+    CREATE TABLE events (
+        id TEXT PRIMARY KEY,
+        store TEXT NOT NULL,
+        device TEXT NOT NULL,
+        seq BIGINT NOT NULL,
+        session BIGINT NOT NULL,
+        type TEXT NOT NULL,
+        historical BIGINT NOT NULL,
+        body TEXT NOT NULL,
+        ts DOUBLE PRECISION NOT NULL,
+        received_at DOUBLE PRECISION NOT NULL
+    );
+    CREATE INDEX events_device_seq ON events (store, device, seq);
+    CREATE TABLE dead_letters (
+        id AUTO_ID,
+        topic TEXT NOT NULL,
+        payload BYTEA NOT NULL,
+        reason TEXT NOT NULL,
+        detail TEXT NOT NULL,
+        received_at DOUBLE PRECISION NOT NULL
+    );
+    CREATE TABLE totes (
+        id TEXT PRIMARY KEY,
+        store TEXT NOT NULL REFERENCES stores (id),
+        state TEXT NOT NULL,
+        item_count BIGINT NOT NULL DEFAULT 0,
+        opened_at DOUBLE PRECISION NOT NULL,
+        closed_at DOUBLE PRECISION,
+        close_reason TEXT,
+        carrier TEXT,
+        waybill TEXT,
+        pickup_start DOUBLE PRECISION,
+        pickup_end DOUBLE PRECISION,
+        booking_attempts BIGINT NOT NULL DEFAULT 0,
+        next_attempt_at DOUBLE PRECISION NOT NULL DEFAULT 0,
+        last_error TEXT
+    );
+    CREATE UNIQUE INDEX totes_one_open ON totes (store) WHERE state = 'open';
+    CREATE INDEX totes_waybill ON totes (waybill);
+    CREATE TABLE commands (
+        id TEXT PRIMARY KEY,
+        store TEXT NOT NULL,
+        device TEXT NOT NULL,
+        name TEXT NOT NULL,
+        body TEXT NOT NULL,
+        created_at DOUBLE PRECISION NOT NULL,
+        sent_at DOUBLE PRECISION,
+        outcome TEXT,
+        outcome_at DOUBLE PRECISION
+    );
+    CREATE TABLE tracking (
+        carrier TEXT NOT NULL,
+        waybill TEXT NOT NULL,
+        state TEXT NOT NULL,
+        carrier_state TEXT NOT NULL,
+        at DOUBLE PRECISION NOT NULL,
+        detail TEXT NOT NULL,
+        received_at DOUBLE PRECISION NOT NULL,
+        PRIMARY KEY (carrier, waybill, carrier_state, at)
+    );
+    CREATE TABLE refunds (
+        return_id TEXT PRIMARY KEY REFERENCES returns (id),
+        status TEXT NOT NULL,
+        provider TEXT NOT NULL,
+        provider_refund_id TEXT,
+        amount_minor BIGINT NOT NULL,
+        currency TEXT NOT NULL,
+        attempts BIGINT NOT NULL DEFAULT 0,
+        next_attempt_at DOUBLE PRECISION NOT NULL DEFAULT 0,
+        last_error TEXT,
+        created_at DOUBLE PRECISION NOT NULL,
+        updated_at DOUBLE PRECISION NOT NULL
+    );
+    CREATE TABLE device_presence (
+        store TEXT NOT NULL,
+        device TEXT NOT NULL,
+        online BIGINT NOT NULL,
+        session BIGINT NOT NULL,
+        version TEXT NOT NULL,
+        seen_at DOUBLE PRECISION NOT NULL,
+        PRIMARY KEY (store, device)
+    );
+    """,
+    # 2: carriers — the chosen service of a tote, shipments to track, the exception queue
+    """
+    ALTER TABLE totes ADD COLUMN service TEXT;
+    ALTER TABLE totes ADD COLUMN product TEXT;
+    ALTER TABLE totes ADD COLUMN choice TEXT;
+    CREATE TABLE shipments (
+        carrier TEXT NOT NULL,
+        waybill TEXT NOT NULL,
+        order_code TEXT NOT NULL,
+        product TEXT NOT NULL,
+        tote_id TEXT,
+        return_id TEXT,
+        booking_id TEXT,
+        state TEXT NOT NULL,
+        created_at DOUBLE PRECISION NOT NULL,
+        last_news_at DOUBLE PRECISION NOT NULL,
+        next_poll_at DOUBLE PRECISION NOT NULL,
+        polls BIGINT NOT NULL DEFAULT 0,
+        finished_at DOUBLE PRECISION,
+        PRIMARY KEY (carrier, waybill)
+    );
+    CREATE INDEX shipments_due ON shipments (next_poll_at) WHERE finished_at IS NULL;
+    CREATE INDEX shipments_tote ON shipments (tote_id);
+    CREATE INDEX shipments_return ON shipments (return_id);
+    CREATE TABLE carrier_exceptions (
+        id TEXT PRIMARY KEY,
+        subject TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        detail TEXT NOT NULL,
+        carrier TEXT,
+        waybill TEXT,
+        tote_id TEXT,
+        return_id TEXT,
+        carrier_state TEXT,
+        opened_at DOUBLE PRECISION NOT NULL,
+        updated_at DOUBLE PRECISION NOT NULL,
+        resolved_at DOUBLE PRECISION,
+        resolution TEXT,
+        resolved_by TEXT,
+        note TEXT
+    );
+    CREATE UNIQUE INDEX carrier_exceptions_one_open ON carrier_exceptions (subject)
+        WHERE resolved_at IS NULL;
+    CREATE INDEX carrier_exceptions_opened ON carrier_exceptions (opened_at);
+    """,
+]
+
+
+async def migrate(tx: "Transaction", auto_id: str) -> int:
+    """Run the migrations ``tx``'s database has not had yet; returns the schema version."""
+    await tx.execute("CREATE TABLE IF NOT EXISTS schema_version (version BIGINT)")
+    row = await tx.fetchone("SELECT max(version) FROM schema_version")
+    current = int(row[0]) if row and row[0] is not None else 0
+    for version, script in enumerate(MIGRATIONS[current:], start=current + 1):
+        for statement in filter(str.strip, script.split(";")):
+            await tx.execute(statement.replace("AUTO_ID", auto_id))
+        await tx.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
+    return len(MIGRATIONS)

@@ -1,0 +1,108 @@
+"""The embedded storage backend: one SQLite file through aiosqlite, in WAL mode.
+
+SQLite has one writer at a time, so transactions share one connection and are serialized
+by a lock; ``BEGIN IMMEDIATE`` takes the write lock up front so that a read-then-write
+transaction cannot fail half-way on a busy database.
+"""
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+
+import aiosqlite
+
+from gateway.database import Dialect, Params, Row
+from gateway.schema import migrate
+
+AUTO_ID = "INTEGER PRIMARY KEY"
+
+
+class SqliteTransaction:
+    """Statements inside one SQLite transaction."""
+
+    dialect: Dialect = "sqlite"
+
+    def __init__(self, connection: aiosqlite.Connection) -> None:
+        self._c = connection
+
+    async def execute(self, sql: str, params: Params = ()) -> int:
+        """Run a statement; returns the number of rows it changed."""
+        cursor = await self._c.execute(sql, params)
+        return cursor.rowcount
+
+    async def executemany(self, sql: str, rows: Sequence[Params]) -> None:
+        """Run a statement once per parameter row."""
+        if rows:
+            await self._c.executemany(sql, rows)
+
+    async def fetchone(self, sql: str, params: Params = ()) -> Row | None:
+        """First row of a query, or None."""
+        async with self._c.execute(sql, params) as cursor:
+            row = await cursor.fetchone()
+        return None if row is None else tuple(row)
+
+    async def fetchall(self, sql: str, params: Params = ()) -> list[Row]:
+        """All rows of a query."""
+        async with self._c.execute(sql, params) as cursor:
+            return [tuple(r) for r in await cursor.fetchall()]
+
+    def for_update(self, *, skip_locked: bool = False) -> str:
+        """Nothing: a SQLite write transaction already excludes every other."""
+        return ""
+
+
+class SqliteDatabase:
+    """One writing connection, whose transactions are serialized (SQLite has one writer
+    anyway), and one reading connection that WAL lets read beside it."""
+
+    dialect: Dialect = "sqlite"
+
+    def __init__(self, connection: aiosqlite.Connection, reader: aiosqlite.Connection) -> None:
+        self._c = connection
+        self._reader = reader
+        self._lock = asyncio.Lock()
+
+    @classmethod
+    async def open(cls, path: Path) -> "SqliteDatabase":
+        """Open the database at ``path`` and bring its schema up to date."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        connection = await aiosqlite.connect(path, isolation_level=None)
+        # NORMAL is durable across process crashes in WAL mode; only an OS crash or power
+        # cut can lose the last commits, and every kiosk keeps its events until acked.
+        for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "foreign_keys=ON"):
+            await connection.execute(f"PRAGMA {pragma}")
+        reader = await aiosqlite.connect(path, isolation_level=None)
+        await reader.execute("PRAGMA query_only=ON")
+        db = cls(connection, reader)
+        await db._migrate()
+        return db
+
+    async def _migrate(self) -> None:
+        async with self.transaction() as tx:
+            await migrate(tx, AUTO_ID)
+
+    async def close(self) -> None:
+        """Close both connections."""
+        await self._reader.close()
+        await self._c.close()
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[SqliteTransaction]:
+        """``async with db.transaction() as tx:`` commits on success, rolls back on error."""
+        async with self._lock:
+            await self._c.execute("BEGIN IMMEDIATE")
+            try:
+                yield SqliteTransaction(self._c)
+            except BaseException:
+                await self._c.execute("ROLLBACK")
+                raise
+            await self._c.execute("COMMIT")
+
+    async def fetchone(self, sql: str, params: Params = ()) -> Row | None:
+        """A read of the last committed state, beside any running write."""
+        return await SqliteTransaction(self._reader).fetchone(sql, params)
+
+    async def fetchall(self, sql: str, params: Params = ()) -> list[Row]:
+        """A read of the last committed state, beside any running write."""
+        return await SqliteTransaction(self._reader).fetchall(sql, params)
