@@ -235,9 +235,10 @@ class TrackingDesk:
             )
 
     async def _shipment(self, tx: Transaction, carrier: str, waybill: str) -> ShipmentRow | None:
+        """The shipment, locked until commit: a push and a poll of it take turns."""
         row = await tx.fetchone(
             "SELECT carrier, waybill, tote_id, return_id, state, finished_at FROM shipments "
-            "WHERE carrier = ? AND waybill = ?",
+            "WHERE carrier = ? AND waybill = ?" + tx.for_update(),
             (carrier, waybill),
         )
         if row is None:
