@@ -81,35 +81,31 @@ async def _run(
     return time.perf_counter() - started, latencies, ok
 
 
-async def kdniao_creates(n: int, concurrency: int, knobs: CarrierKnobs) -> dict[str, Any]:
-    sim = KdniaoSimulator("1234567", "key", knobs=replace(knobs), push_delays_s=())
+async def creates(
+    carrier_name: str, n: int, concurrency: int, knobs: CarrierKnobs
+) -> dict[str, Any]:
+    """``n`` creates through one adapter against its simulator, with ``knobs``' faults."""
+    sim: KdniaoSimulator | SfExpressSimulator
+    if carrier_name == "kdniao":
+        sim = KdniaoSimulator("1234567", "key", knobs=replace(knobs), push_delays_s=())
+    else:
+        sim = SfExpressSimulator("P", "cw", knobs=replace(knobs), push_delays_s=())
     url = await sim.start()
     try:
         async with aiohttp.ClientSession() as session:
-            carrier = KdniaoCarrier(
-                url, "1234567", "key", session, timeout_s=0.3, resilience=_resilience("kdniao")
-            )
+            carrier: KdniaoCarrier | SfExpressCarrier
+            if isinstance(sim, KdniaoSimulator):
+                carrier = KdniaoCarrier(url, "1234567", "key", session, timeout_s=0.3,
+                                        resilience=_resilience(carrier_name))  # fmt: skip
+                made = sim.shipments_created
+            else:
+                carrier = SfExpressCarrier(url, "P", "cw", session, timeout_s=0.3,
+                                           resilience=_resilience(carrier_name))  # fmt: skip
+                made = sim.orders_created
             seconds, latencies, ok = await _run(
                 n, concurrency, lambda i: carrier.create_shipment(_request(f"tote-{i}"))
             )
-        extra = sum(c - 1 for c in sim.shipments_created.values())
-        return {"seconds": seconds, "latencies": latencies, "ok": ok, "extra": extra}
-    finally:
-        await sim.stop()
-
-
-async def sf_creates(n: int, concurrency: int, knobs: CarrierKnobs) -> dict[str, Any]:
-    sim = SfExpressSimulator("P", "cw", knobs=replace(knobs), push_delays_s=())
-    url = await sim.start()
-    try:
-        async with aiohttp.ClientSession() as session:
-            carrier = SfExpressCarrier(
-                url, "P", "cw", session, timeout_s=0.3, resilience=_resilience("sf")
-            )
-            seconds, latencies, ok = await _run(
-                n, concurrency, lambda i: carrier.create_shipment(_request(f"tote-{i}"))
-            )
-        extra = sum(c - 1 for c in sim.orders_created.values())
+        extra = sum(c - 1 for c in made.values())
         return {"seconds": seconds, "latencies": latencies, "ok": ok, "extra": extra}
     finally:
         await sim.stop()
@@ -156,25 +152,26 @@ def _ms(latencies: list[float], q: int) -> float:
     return statistics.quantiles(latencies, n=100)[q - 1] if len(latencies) > 1 else 0.0
 
 
-async def main(creates: int, pushes: int, concurrency: int) -> dict[str, float]:
-    k = await kdniao_creates(creates, concurrency, CarrierKnobs())
-    s = await sf_creates(creates, concurrency, CarrierKnobs())
-    print(f"no faults: kdniao {creates / k['seconds']:.0f}/s, sf {creates / s['seconds']:.0f}/s")
-    fk = await kdniao_creates(creates, concurrency, FAULTS)
-    fs = await sf_creates(creates, concurrency, FAULTS)
+async def main(n_creates: int, pushes: int, concurrency: int) -> dict[str, float]:
+    k = await creates("kdniao", n_creates, concurrency, CarrierKnobs())
+    s = await creates("sf", n_creates, concurrency, CarrierKnobs())
+    rates = n_creates / k["seconds"], n_creates / s["seconds"]
+    print(f"no faults: kdniao {rates[0]:.0f}/s, sf {rates[1]:.0f}/s")
+    fk = await creates("kdniao", n_creates, concurrency, FAULTS)
+    fs = await creates("sf", n_creates, concurrency, FAULTS)
     ok = fk["ok"] + fs["ok"]
     latencies = fk["latencies"] + fs["latencies"]
     print(
-        f"faults: {ok}/{2 * creates} creates returned a waybill, "
+        f"faults: {ok}/{2 * n_creates} creates returned a waybill, "
         f"{fk['extra'] + fs['extra']} duplicate shipments"
     )
     rate = await gateway_pushes(pushes, concurrency)
     print(f"gateway: {rate:.0f} pushes/s")
     return {
-        "kdniao_creates_per_s": round(creates / k["seconds"], 1),
-        "sf_creates_per_s": round(creates / s["seconds"], 1),
-        "success_faulty_creates": round(ok / (2 * creates), 4),
-        "ratio_duplicate_shipments": (fk["extra"] + fs["extra"]) / (2 * creates),
+        "kdniao_creates_per_s": round(rates[0], 1),
+        "sf_creates_per_s": round(rates[1], 1),
+        "success_faulty_creates": round(ok / (2 * n_creates), 4),
+        "ratio_duplicate_shipments": (fk["extra"] + fs["extra"]) / (2 * n_creates),
         "faulty_create_p50_ms": round(statistics.median(latencies), 1),
         "faulty_create_p95_ms": round(_ms(latencies, 95), 1),
         "pushes_per_s": round(rate, 1),

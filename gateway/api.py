@@ -4,7 +4,7 @@ import io
 import json
 import logging
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import segno
 from aiohttp import web
@@ -113,15 +113,10 @@ async def get_return(request: web.Request) -> web.Response:
     return web.json_response(view)
 
 
-async def list_returns(request: web.Request) -> web.Response:
-    """``GET /v1/returns?state=&merchant=&limit=``: newest first."""
-    state = request.query.get("state")
-    if state is not None and state not in {s.value for s in ReturnState}:
-        return error(
-            422, "invalid_request", "unknown state", [{"field": "state", "reason": "unknown"}]
-        )
+def _limit(request: web.Request) -> int | web.Response:
+    """The ``limit`` query parameter (1..MAX_LIST, default 100), or the error to answer."""
     try:
-        limit = min(MAX_LIST, int(request.query.get("limit", "100")))
+        return min(MAX_LIST, max(1, int(request.query.get("limit", "100"))))
     except ValueError:
         return error(
             422,
@@ -129,8 +124,20 @@ async def list_returns(request: web.Request) -> web.Response:
             "limit must be a number",
             [{"field": "limit", "reason": "not a number"}],
         )
+
+
+async def list_returns(request: web.Request) -> web.Response:
+    """``GET /v1/returns?state=&merchant=&limit=``: newest first."""
+    state = request.query.get("state")
+    if state is not None and state not in {s.value for s in ReturnState}:
+        return error(
+            422, "invalid_request", "unknown state", [{"field": "state", "reason": "unknown"}]
+        )
+    limit = _limit(request)
+    if isinstance(limit, web.Response):
+        return limit
     rows = await request.app[GATEWAY].list_returns(
-        state=state, merchant=request.query.get("merchant"), limit=max(1, limit)
+        state=state, merchant=request.query.get("merchant"), limit=limit
     )
     return web.json_response({"returns": rows, "count": len(rows)})
 
@@ -204,15 +211,9 @@ async def list_exceptions(request: web.Request) -> web.Response:
         return error(
             422, "invalid_request", "unknown status", [{"field": "status", "reason": "unknown"}]
         )
-    try:
-        limit = min(MAX_LIST, max(1, int(request.query.get("limit", "100"))))
-    except ValueError:
-        return error(
-            422,
-            "invalid_request",
-            "limit must be a number",
-            [{"field": "limit", "reason": "not a number"}],
-        )
+    limit = _limit(request)
+    if isinstance(limit, web.Response):
+        return limit
     items = await carrier_exceptions.listing(request.app[GATEWAY].db, status=status, limit=limit)
     return web.json_response({"exceptions": items, "count": len(items)})
 
@@ -231,7 +232,7 @@ class ResolveRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
-    action: Resolution = Field(json_schema_extra={"enum": ["resume", "close"]})
+    action: Literal["resume", "close"]
     by: str = Field(min_length=1, max_length=64)
     note: str = Field(default="", max_length=500)
 
@@ -242,17 +243,10 @@ async def resolve_exception(request: web.Request) -> web.Response:
         body = ResolveRequest.model_validate(await _json_body(request))
     except ValidationError as exc:
         return error(422, "invalid_request", "the request has invalid fields", _field_errors(exc))
-    if body.action is Resolution.CARRIER_SIGNED:
-        return error(
-            422,
-            "invalid_request",
-            "only the carrier signs for a parcel",
-            [{"field": "action", "reason": "use resume or close"}],
-        )
     gateway = request.app[GATEWAY]
     try:
         item = await gateway.tracking.resolve(
-            request.match_info["id"], body.action, by=body.by, note=body.note
+            request.match_info["id"], Resolution(body.action), by=body.by, note=body.note
         )
     except ExceptionNotFoundError:
         return error(404, "not_found", "no such exception")

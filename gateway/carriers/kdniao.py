@@ -197,7 +197,6 @@ class KdniaoCarrier:
         """RequestType 1001 for the shipment's e-waybill."""
         shipper = self._product(shipment.product)
         data = {**self._pickup_data(req, shipper), "LogisticCode": shipment.waybill}
-        data["OrderCode"] = shipment.order_code
         reply = await self._request(wire.BOOK_PICKUP, data, duplicate_ok=True)
         return self._booking(reply, req, shipper, shipment.waybill)
 
