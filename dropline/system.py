@@ -290,7 +290,9 @@ class LocalSystem:
             ],
             warehouse=WAREHOUSE,
             consolidation=ConsolidationRules(
-                max_items=opts.tote_max_items, max_age_s=opts.tote_max_age_s
+                max_items=opts.tote_max_items,
+                max_age_s=opts.tote_max_age_s,
+                daily_cutoff=None,  # the demo's totes close by count and age, whatever the hour
             ),
             kdniao=kdniao,
             sf_express=sf,

@@ -5,11 +5,14 @@ WAL with ``synchronous=FULL``: power can fail at any instruction (DESIGN §5 rul
 drop-off the shopper was told about must survive it.
 """
 
+import asyncio
+import functools
 import json
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import aiosqlite
 
@@ -53,11 +56,31 @@ class OutboxRow:
     body: str
 
 
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+def _serialized(
+    method: Callable[Concatenate["EdgeDatabase", P], Awaitable[T]],
+) -> Callable[Concatenate["EdgeDatabase", P], Coroutine[Any, Any, T]]:
+    """Run one public method at a time on the shared connection."""
+
+    @functools.wraps(method)
+    async def serialized(self: "EdgeDatabase", /, *args: P.args, **kwargs: P.kwargs) -> T:
+        async with self._lock:
+            return await method(self, *args, **kwargs)
+
+    return serialized
+
+
 class EdgeDatabase:
     """Async access to the kiosk's SQLite file. One connection; writes are serialized."""
 
     def __init__(self, connection: aiosqlite.Connection) -> None:
         self._db = connection
+        # One connection serves every task of the agent: a transaction or a read with an
+        # open cursor must not interleave with another task's statements on it.
+        self._lock = asyncio.Lock()
 
     @classmethod
     async def open(cls, path: Path) -> "EdgeDatabase":
@@ -88,6 +111,7 @@ class EdgeDatabase:
             (key, value),
         )
 
+    @_serialized
     async def next_session(self) -> int:
         """Count one more start of the agent; the session number goes in every envelope."""
         session = int(await self._meta("session") or 0) + 1
@@ -96,14 +120,17 @@ class EdgeDatabase:
 
     # ---- store config -------------------------------------------------------------------
 
+    @_serialized
     async def store_config(self) -> StoreConfig | None:
         """The last store config the gateway sent, if any."""
         text = await self._meta("store_config")
         return None if text is None else StoreConfig.model_validate_json(text)
 
+    @_serialized
     async def save_store_config(self, config: StoreConfig) -> bool:
         """Keep ``config`` unless an equal or newer version is already kept."""
-        current = await self.store_config()
+        text = await self._meta("store_config")
+        current = None if text is None else StoreConfig.model_validate_json(text)
         if current is not None and current.version >= config.version:
             return False
         await self._set_meta("store_config", config.model_dump_json())
@@ -111,6 +138,7 @@ class EdgeDatabase:
 
     # ---- compartments -------------------------------------------------------------------
 
+    @_serialized
     async def sync_compartments(self, compartments: Iterable[tuple[str, SizeClass]]) -> None:
         """Make the table match the pin map, keeping the occupancy of known compartments."""
         items = list(compartments)
@@ -132,6 +160,7 @@ class EdgeDatabase:
             await self._db.execute("ROLLBACK")
             raise
 
+    @_serialized
     async def free_compartments(self, size: SizeClass) -> list[str]:
         """Free, working compartments a parcel of ``size`` fits, smallest first."""
         async with self._db.execute(
@@ -141,6 +170,7 @@ class EdgeDatabase:
         ) as cur:
             return [str(r[0]) for r in await cur.fetchall()]
 
+    @_serialized
     async def set_out_of_order(self, compartment: str, out_of_order: bool) -> None:
         """Take a compartment out of service (jammed, left open) or put it back."""
         await self._db.execute(
@@ -148,12 +178,14 @@ class EdgeDatabase:
             (int(out_of_order), compartment),
         )
 
+    @_serialized
     async def release_compartment(self, compartment: str) -> None:
         """The courier emptied it."""
         await self._db.execute(
             "UPDATE compartments SET occupied_by = NULL WHERE id = ?", (compartment,)
         )
 
+    @_serialized
     async def release_returns(self, return_ids: Sequence[str]) -> list[str]:
         """Free the compartments holding these returns; returns the compartments freed."""
         if not return_ids:
@@ -166,6 +198,7 @@ class EdgeDatabase:
         ) as cur:
             return [str(r[0]) for r in await cur.fetchall()]
 
+    @_serialized
     async def occupancy(self) -> dict[str, str | None]:
         """Compartment id → return id of the parcel in it (None when free)."""
         async with self._db.execute("SELECT id, occupied_by FROM compartments") as cur:
@@ -173,6 +206,7 @@ class EdgeDatabase:
 
     # ---- vouchers -----------------------------------------------------------------------
 
+    @_serialized
     async def voucher_used(self, return_id: str) -> bool:
         """True when this return was already dropped off here."""
         async with self._db.execute(
@@ -182,6 +216,7 @@ class EdgeDatabase:
 
     # ---- outbox -------------------------------------------------------------------------
 
+    @_serialized
     async def append_event(
         self,
         *,
@@ -226,6 +261,7 @@ class EdgeDatabase:
         await self._set_meta("seq", str(seq))
         return seq
 
+    @_serialized
     async def pending(self, after_seq: int = 0, limit: int = 100) -> list[OutboxRow]:
         """Unacknowledged events after ``after_seq``, in ``seq`` order."""
         async with self._db.execute(
@@ -239,6 +275,7 @@ class EdgeDatabase:
             for r in rows
         ]
 
+    @_serialized
     async def acknowledge(self, event_ids: Sequence[str]) -> int:
         """Delete events the gateway committed; returns how many were still here."""
         if not event_ids:
@@ -250,6 +287,7 @@ class EdgeDatabase:
         )
         return cur.rowcount
 
+    @_serialized
     async def outbox_size(self) -> int:
         """How many events wait for the gateway's ack."""
         async with self._db.execute("SELECT count(*) FROM outbox") as cur:
@@ -258,6 +296,7 @@ class EdgeDatabase:
 
     # ---- commands -----------------------------------------------------------------------
 
+    @_serialized
     async def first_sight_of_command(self, command_id: str) -> bool:
         """Record a command id; False when it was seen before (then ignore the command)."""
         cur = await self._db.execute(

@@ -7,12 +7,14 @@ Commands are never retained (rule 1).
 
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 from pydantic import BaseModel
 
 from gateway.database import Database, Transaction
 from protocol import envelope, topics
+from protocol.envelope import Envelope
 from protocol.messages import BODY_TYPES, CommandResult
 
 log = logging.getLogger(__name__)
@@ -38,12 +40,15 @@ async def enqueue(
     )
 
 
-async def record_result(tx: Transaction, result: CommandResult) -> None:
-    """A kiosk reported a command's outcome."""
-    await tx.execute(
+async def record_results(tx: Transaction, events: Sequence[Envelope[Any]]) -> bool:
+    """Kiosks reported commands' outcomes (the ``cmd_result`` event handler)."""
+    now = time.time()
+    results: list[CommandResult] = [e.body for e in events]
+    await tx.executemany(
         "UPDATE commands SET outcome = ?, outcome_at = ? WHERE id = ?",
-        (result.outcome.value, time.time(), result.command_id),
+        [(r.outcome.value, now, r.command_id) for r in results],
     )
+    return False
 
 
 class CommandDispatcher:

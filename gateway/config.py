@@ -55,12 +55,51 @@ class StoreSettings(_Model):
     prefer: list[str] = Field(default_factory=list)
 
 
+class ParcelProfile(_Model):
+    """What a parcel of one voucher size class weighs and takes up, for tote planning."""
+
+    weight_kg: float = Field(gt=0)
+    volume_l: float = Field(gt=0)
+
+
+def _default_profiles() -> dict[str, ParcelProfile]:
+    return {
+        "S": ParcelProfile(weight_kg=0.5, volume_l=3),
+        "M": ParcelProfile(weight_kg=1.0, volume_l=10),
+        "L": ParcelProfile(weight_kg=3.0, volume_l=30),
+        "XL": ParcelProfile(weight_kg=8.0, volume_l=60),
+    }
+
+
+class ToteCost(_Model):
+    """The cost rule: ship when waiting for more parcels saves less than the wait costs.
+
+    ``holding_per_item_hour`` prices an hour of a parcel waiting (the shopper's refund, the
+    store's space); shipping a tote is estimated as ``ship_base + ship_per_kg × weight``.
+    """
+
+    ship_base: float = Field(default=12.0, ge=0)
+    ship_per_kg: float = Field(default=1.5, ge=0)
+    holding_per_item_hour: float = Field(default=0.05, ge=0)
+    min_wait_s: float = Field(default=3600.0, ge=0)
+
+
 class ConsolidationRules(_Model):
-    """When a store's open tote closes (DESIGN §2 flow 5)."""
+    """When a store's open tote closes (DESIGN §2 flow 5): whichever rule fires first."""
 
     max_items: int = Field(default=10, ge=1)
+    max_weight_kg: float = Field(default=20.0, gt=0)
+    max_volume_l: float = Field(default=120.0, gt=0)
     max_age_s: float = Field(default=86_400.0, gt=0)
-    est_item_weight_kg: float = 1.0
+    daily_cutoff: str | None = Field(default="17:00", pattern=r"^([01]\d|2[0-3]):[0-5]\d$")
+    """Store-local time after which the day's tote goes, if it holds anything."""
+    timezone: str = "Asia/Shanghai"
+    cost: ToteCost | None = ToteCost()
+    parcels: dict[str, ParcelProfile] = Field(default_factory=_default_profiles)
+
+    def profile(self, size: str) -> ParcelProfile:
+        """The planning profile of a size class (unknown sizes count as the largest)."""
+        return self.parcels.get(size) or max(self.parcels.values(), key=lambda p: p.volume_l)
 
 
 class RetrySettings(_Model):
@@ -170,6 +209,7 @@ class BrokerSettings(_Model):
     max_inflight: int = Field(default=1000, ge=1, le=65_000)
     inbox_limit: int = Field(default=20_000, ge=1)
     publish_timeout_s: float = 10.0
+    batches_in_flight: int = Field(default=2, ge=1, le=16)
 
 
 class GatewayConfig(_Model):
@@ -193,7 +233,10 @@ class GatewayConfig(_Model):
     stripe: StripeSettings
     voucher_ttl_s: int = 14 * 86_400
     tick_s: float = 1.0
-    ingest_batch: int = 500
+    ingest_batch: int = Field(default=500, ge=1, le=2000)
+    seq_gap_timeout_s: float = Field(default=60.0, gt=0)
+    """How long an event waits for an earlier ``seq`` of its device before it is applied
+    regardless (the earlier one is lost, or the kiosk's numbering restarted)."""
 
     @property
     def carrier_names(self) -> list[str]:

@@ -45,9 +45,10 @@ class Transaction(Protocol):
         """All rows of a query."""
         ...
 
-    def for_update(self, *, skip_locked: bool = False) -> str:
+    def for_update(self, *, of: str | None = None, skip_locked: bool = False) -> str:
         """The row-locking suffix for a ``SELECT`` (empty on SQLite, whose write transactions
-        already exclude each other)."""
+        already exclude each other): lock the rows of table alias ``of`` (default: all),
+        or with ``skip_locked`` pass over rows another transaction holds (work claiming)."""
         ...
 
 

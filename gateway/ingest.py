@@ -1,30 +1,45 @@
 """Kiosk events in, application acks out (DESIGN §2 flow 2, §5 rules 4, 5 and 9).
 
-Messages are decoded, written idempotently by id in one transaction per batch, applied to the
-return state machine in per-device ``seq`` order, and acked only after the commit. Anything
-that does not decode is dead-lettered with its raw bytes and counted; nothing stops ingest.
+One batch of raw MQTT messages is one transaction:
+
+1. decode every message; what does not decode is dead-lettered with its raw bytes, counted;
+2. store the events in one statement, ``ON CONFLICT (id) DO NOTHING ... RETURNING id``, so a
+   duplicate does nothing and we learn which events are new;
+3. apply the new events per device in ``seq`` order, never by arrival: each device has a
+   cursor (the last ``seq`` applied); an event right after it is applied, a later one waits
+   in ``pending_events`` until the gap fills or :meth:`Ingest.release_stale_gaps` gives up
+   on it; an event at or below the cursor (a kiosk whose numbering restarted) is applied at
+   once and counted as late;
+4. after the commit the caller acks every stored event, new or duplicate, to its kiosk.
+
+Applying is set-based so that a batch costs a handful of statements, not a few per event:
+a device's events are cut into runs of one type, the n-th runs of all devices form a wave,
+and each wave hands every handler all of its events at once. Order within a device is kept;
+handlers receive their events in ``seq`` order.
 """
 
 import logging
 import time
 from collections import Counter, defaultdict
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway import commands, consolidation
-from gateway.config import ConsolidationRules, RefundPolicy
-from gateway.database import Database, Transaction
-from gateway.refunds import policy_of
-from gateway.refunds import request as request_refund
-from gateway.returns import Cause, CauseKind, ReturnState, current_state, move
+from gateway.database import Database, Transaction, placeholders
 from protocol import envelope, topics
 from protocol.envelope import Envelope
 from protocol.errors import ProtocolError
-from protocol.messages import CommandResult, Dropoff, Fault, ScanRejected, Status
+from protocol.messages import EVENT_TYPES, Status
 
 log = logging.getLogger(__name__)
 
-ACKED_TYPES = frozenset({"dropoff", "scan_rejected", "fault", "cmd_result"})
+Event = Envelope[Any]
+EventHandler = Callable[[Transaction, Sequence[Event]], Awaitable[bool]]
+"""Applies events of one type inside the batch's transaction; True when it made work for the
+timers (a tote to book, a refund to send)."""
+
+ACKED_TYPES = EVENT_TYPES | {"cmd_result"}
+DeviceKey = tuple[str, str]
 
 
 @dataclass
@@ -34,141 +49,295 @@ class IngestStats:
     received: int = 0
     stored: int = 0
     duplicates: int = 0
+    applied: int = 0
+    late: int = 0
+    gaps_released: int = 0
     dead_letters: Counter[str] = field(default_factory=Counter)
-    faults: int = 0
-    rejected_scans: int = 0
-    unknown_returns: int = 0
+    by_type: Counter[str] = field(default_factory=Counter)
 
 
 @dataclass
 class BatchResult:
     """What a batch produced: ids to ack per device, and whether new work appeared."""
 
-    acks: dict[tuple[str, str], list[str]] = field(default_factory=lambda: defaultdict(list))
+    acks: dict[DeviceKey, list[str]] = field(default_factory=lambda: defaultdict(list))
     work: bool = False
 
 
-class Ingest:
-    """Applies batches of raw MQTT messages to the database."""
+@dataclass
+class _Decoded:
+    events: list[Event] = field(default_factory=list)
+    raw: dict[str, bytes] = field(default_factory=dict)  # event id → payload as received
+    statuses: list[Event] = field(default_factory=list)
+    dead: list[tuple[str, bytes, str, str]] = field(default_factory=list)
 
-    def __init__(self, db: Database, rules: ConsolidationRules, refund_provider: str) -> None:
+
+class Ingest:
+    """Applies batches of raw MQTT messages to the database through registered handlers."""
+
+    def __init__(self, db: Database) -> None:
         self._db = db
-        self._rules = rules
-        self._refund_provider = refund_provider
+        self._handlers: dict[str, EventHandler] = {}
         self.stats = IngestStats()
 
-    async def handle(self, batch: list[tuple[str, bytes]]) -> BatchResult:
+    def on(self, event_type: str, handler: EventHandler) -> None:
+        """Apply events of ``event_type`` with ``handler``."""
+        self._handlers[event_type] = handler
+
+    async def handle(self, batch: Sequence[tuple[str, bytes]]) -> BatchResult:
         """Decode, store and apply one batch; the caller publishes ``acks`` after this returns."""
+        self.stats.received += len(batch)
+        decoded = self._decode(batch)
         result = BatchResult()
-        decoded: list[Envelope[Any]] = []
         async with self._db.transaction() as tx:
-            for topic, payload in batch:
-                self.stats.received += 1
-                message = await self._decode(tx, topic, payload)
-                if message is not None:
-                    decoded.append(message)
-            # Per device in seq order, never by arrival (rule 5).
-            decoded.sort(key=lambda m: (m.store, m.device, m.seq))
-            for message in decoded:
-                if message.type in ACKED_TYPES:
-                    if await self._store_event(tx, message):
-                        result.work |= await self._apply(tx, message)
-                    result.acks[(message.store, message.device)].append(str(message.id))
-                elif isinstance(message.body, Status):
-                    await self._presence(tx, message)
+            await self._dead_letter(tx, decoded.dead)
+            await _record_presence(tx, decoded.statuses)
+            if decoded.events:
+                new = await self._store(tx, decoded)
+                result.work = await self._apply_in_order(tx, new)
+        for event in decoded.events:
+            result.acks[(event.store, event.device)].append(str(event.id))
         return result
 
-    async def _decode(self, tx: Transaction, topic: str, payload: bytes) -> Envelope[Any] | None:
-        try:
-            where = topics.parse(topic)
-            message = envelope.decode(payload)
-            if (where.store, where.device) != (message.store, message.device):
-                raise ProtocolError(
-                    "envelope names another device than its topic", reason="topic_mismatch"
-                )
-        except ProtocolError as exc:
-            await self._dead_letter(tx, topic, payload, exc.reason, exc.detail)
-            return None
-        return message
+    # ---- 1. decode ----------------------------------------------------------------------
 
-    async def _dead_letter(
-        self, tx: Transaction, topic: str, payload: bytes, reason: str, detail: str
-    ) -> None:
-        self.stats.dead_letters[reason] += 1
-        log.warning("dead-lettered message on %s: %s (%s)", topic, reason, detail)
-        await tx.execute(
+    def _decode(self, batch: Sequence[tuple[str, bytes]]) -> _Decoded:
+        out = _Decoded()
+        for topic, payload in batch:
+            try:
+                where = topics.parse(topic)
+                message = envelope.decode(payload, where.message_type)
+                if (where.store, where.device) != (message.store, message.device):
+                    raise ProtocolError(
+                        "envelope names another device than its topic", reason="topic_mismatch"
+                    )
+            except ProtocolError as exc:
+                out.dead.append((topic, payload, exc.reason, exc.detail))
+                continue
+            if message.type in ACKED_TYPES:
+                out.events.append(message)
+                out.raw[str(message.id)] = payload
+            elif isinstance(message.body, Status):
+                out.statuses.append(message)
+            else:
+                out.dead.append((topic, payload, "unexpected_type", message.type))
+        return out
+
+    async def _dead_letter(self, tx: Transaction, dead: list[tuple[str, bytes, str, str]]) -> None:
+        if not dead:
+            return
+        now = time.time()
+        for topic, _, reason, detail in dead:
+            self.stats.dead_letters[reason] += 1
+            log.warning("dead-lettered message on %s: %s (%s)", topic, reason, detail)
+        await tx.executemany(
             "INSERT INTO dead_letters (topic, payload, reason, detail, received_at) "
             "VALUES (?, ?, ?, ?, ?)",
-            (topic, payload, reason, detail, time.time()),
+            [(topic, payload, reason, detail, now) for topic, payload, reason, detail in dead],
         )
 
-    async def _store_event(self, tx: Transaction, m: Envelope[Any]) -> bool:
-        inserted = await tx.execute(
-            "INSERT INTO events (id, store, device, seq, session, type, historical, body, ts, "
-            "received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
-            (
-                str(m.id),
-                m.store,
-                m.device,
-                m.seq,
-                m.session,
-                m.type,
-                int(m.historical),
-                m.body.model_dump_json(),
-                m.ts,
-                time.time(),
-            ),
+    # ---- 2. store -----------------------------------------------------------------------
+
+    async def _store(self, tx: Transaction, decoded: _Decoded) -> list[Event]:
+        """Insert the events (as received); returns the ones that were new, in batch order."""
+        events = decoded.events
+        unique = {str(e.id): e for e in events}
+        now = time.time()
+        rows = [
+            (eid, e.store, e.device, e.seq, e.session, e.type, int(e.historical),
+             decoded.raw[eid].decode(), e.ts, now)
+            for eid, e in unique.items()
+        ]  # fmt: skip
+        inserted = await tx.fetchall(
+            "INSERT INTO events (id, store, device, seq, session, type, historical, envelope, "
+            "ts, received_at) VALUES "
+            + ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"] * len(rows))
+            + " ON CONFLICT (id) DO NOTHING RETURNING id",
+            [value for row in rows for value in row],
         )
-        if inserted:
-            self.stats.stored += 1
-        else:
-            self.stats.duplicates += 1
-        return inserted == 1
+        new_ids = {r[0] for r in inserted}
+        new = [e for eid, e in unique.items() if eid in new_ids]
+        self.stats.stored += len(new)
+        self.stats.duplicates += len(events) - len(new)
+        return new
 
-    async def _apply(self, tx: Transaction, m: Envelope[Any]) -> bool:
-        body = m.body
-        if isinstance(body, Dropoff):
-            return await self._dropoff(tx, m, body)
-        if isinstance(body, CommandResult):
-            await commands.record_result(tx, body)
-        elif isinstance(body, Fault):
-            self.stats.faults += 1
-            log.warning("fault at %s/%s: %s %s", m.store, m.device, body.kind, body.compartment)
-        elif isinstance(body, ScanRejected):
-            self.stats.rejected_scans += 1
-        return False
+    # ---- 3. apply in seq order ----------------------------------------------------------
 
-    async def _dropoff(self, tx: Transaction, m: Envelope[Any], body: Dropoff) -> bool:
-        cause = Cause(CauseKind.EVENT, str(m.id))
-        state = await current_state(tx, body.return_id)
-        if state is None:
-            self.stats.unknown_returns += 1
-            await self._dead_letter(
-                tx,
-                topics.event(m.store, m.device, m.type),
-                envelope.encode(m),
-                "unknown_return",
-                body.return_id,
+    async def _apply_in_order(self, tx: Transaction, new: list[Event]) -> bool:
+        if not new:
+            return False
+        by_device: dict[DeviceKey, list[Event]] = defaultdict(list)
+        for event in new:
+            by_device[(event.store, event.device)].append(event)
+        cursors = await _lock_cursors(tx, by_device)
+        ready: dict[DeviceKey, list[Event]] = {}
+        newly_held: list[Event] = []
+        released: list[str] = []
+        for key, events in by_device.items():
+            cursor, pending_ids = cursors[key]
+            earlier = await _load_pending(tx, pending_ids) if pending_ids else []
+            if cursor < 0:  # a device we have never heard from starts where it is now
+                cursor = min(e.seq for e in events) - 1
+            applicable, held, cursor = self._contiguous([*events, *earlier], cursor)
+            ready[key] = applicable
+            waiting = {str(e.id) for e in held}
+            released += [i for i in pending_ids if i not in waiting]
+            newly_held += [e for e in held if str(e.id) not in pending_ids]
+            cursors[key] = (cursor, sorted(waiting))
+        await _save_cursors(tx, cursors, released, newly_held)
+        return await self._apply(tx, ready)
+
+    def _contiguous(self, events: list[Event], cursor: int) -> tuple[list[Event], list[Event], int]:
+        """Split a device's events into those to apply now (in order) and those that wait
+        for a gap before them to fill; returns them and the new cursor."""
+        applicable: list[Event] = []
+        held: list[Event] = []
+        for event in sorted({e.id: e for e in events}.values(), key=lambda e: e.seq):
+            if event.seq <= cursor:
+                self.stats.late += 1
+                log.info("late event %s seq %d (cursor %d)", event.id, event.seq, cursor)
+                applicable.append(event)
+            elif event.seq == cursor + 1 and not held:
+                applicable.append(event)
+                cursor = event.seq
+            else:
+                held.append(event)
+        return applicable, held, cursor
+
+    async def _apply(self, tx: Transaction, ready: dict[DeviceKey, list[Event]]) -> bool:
+        work = False
+        for wave in _waves(ready.values()):
+            for event_type, events in wave.items():
+                handler = self._handlers.get(event_type)
+                self.stats.by_type[event_type] += len(events)
+                self.stats.applied += len(events)
+                if handler is not None:
+                    work |= await handler(tx, events)
+        return work
+
+    async def release_stale_gaps(self, older_than_s: float) -> int:
+        """Apply events that have waited longer than ``older_than_s`` for an earlier ``seq``
+        that never came (a kiosk whose outbox was lost); returns how many were applied."""
+        async with self._db.transaction() as tx:
+            rows = await tx.fetchall(
+                "SELECT DISTINCT store, device FROM pending_events WHERE received_at <= ?",
+                (time.time() - older_than_s,),
             )
-            return False
-        if state is not ReturnState.AUTHORIZED:
-            # A parcel is physically in our hands for a return we did not expect there.
-            await move(tx, body.return_id, ReturnState.EXCEPTION, cause)
-            return False
-        await move(
-            tx, body.return_id, ReturnState.DROPPED_OFF, cause, store=m.store, device=m.device
-        )
-        if await policy_of(tx, body.return_id) is RefundPolicy.ON_DROPOFF:
-            await request_refund(tx, body.return_id, self._refund_provider)
-        await consolidation.add_to_tote(tx, m.store, body.return_id, self._rules)
-        return True
+            if not rows:
+                return 0
+            cursors = await _lock_cursors(tx, [(str(s), str(d)) for s, d in rows])
+            ready: dict[DeviceKey, list[Event]] = {}
+            released: list[str] = []
+            for key, (cursor, pending_ids) in cursors.items():
+                events = sorted(await _load_pending(tx, pending_ids), key=lambda e: e.seq)
+                newest = max([cursor, *(e.seq for e in events)])
+                log.warning("gave up on a gap at %s/%s: applying up to seq %d", *key, newest)
+                ready[key] = events
+                released += pending_ids
+                cursors[key] = (newest, [])
+            await _save_cursors(tx, cursors, released, [])
+            await self._apply(tx, ready)
+        self.stats.gaps_released += len(released)
+        return len(released)
 
-    async def _presence(self, tx: Transaction, m: Envelope[Any]) -> None:
-        body: Status = m.body
+    async def pending_count(self) -> int:
+        """Events stored but waiting for an earlier ``seq`` of their device."""
+        row = await self._db.fetchone("SELECT count(*) FROM pending_events")
+        return int(row[0]) if row else 0
+
+
+def _waves(devices: Iterable[list[Event]]) -> list[dict[str, list[Event]]]:
+    """Cut each device's ordered events into runs of one type; wave n holds every device's
+    n-th run, grouped by type."""
+    waves: list[dict[str, list[Event]]] = []
+    for events in devices:
+        run_index = -1
+        previous: str | None = None
+        for event in events:
+            if event.type != previous:
+                run_index += 1
+                previous = event.type
+                if run_index == len(waves):
+                    waves.append(defaultdict(list))
+            waves[run_index][event.type].append(event)
+    return waves
+
+
+async def _lock_cursors(
+    tx: Transaction, keys: Iterable[DeviceKey]
+) -> dict[DeviceKey, tuple[int, list[str]]]:
+    """Each device's cursor and pending event ids, locked for this transaction (in a fixed
+    order, so that replicas never deadlock); a device seen for the first time starts with
+    its lowest new ``seq``."""
+    wanted = sorted(set(keys))
+    names = [f"{s}/{d}" for s, d in wanted]
+    await tx.executemany(
+        "INSERT INTO device_cursors (device_key, store, device, applied_seq, pending) "
+        "VALUES (?, ?, ?, -1, 0) ON CONFLICT (device_key) DO NOTHING",
+        [(n, s, d) for n, (s, d) in zip(names, wanted, strict=True)],
+    )
+    rows = await tx.fetchall(
+        f"SELECT device_key, store, device, applied_seq, pending FROM device_cursors "
+        f"WHERE device_key IN ({placeholders(len(names))}) ORDER BY device_key" + tx.for_update(),
+        names,
+    )
+    cursors: dict[DeviceKey, tuple[int, list[str]]] = {}
+    with_pending: list[str] = []
+    for _, store, device, applied_seq, pending in rows:
+        cursors[(str(store), str(device))] = (int(applied_seq), [])
+        if pending:
+            with_pending.append(f"{store}/{device}")
+    if with_pending:
+        for store, device, event_id in await tx.fetchall(
+            "SELECT store, device, event_id FROM pending_events "
+            f"WHERE device_key IN ({placeholders(len(with_pending))})",
+            with_pending,
+        ):
+            cursors[(str(store), str(device))][1].append(str(event_id))
+    return cursors
+
+
+async def _load_pending(tx: Transaction, event_ids: list[str]) -> list[Event]:
+    rows = await tx.fetchall(
+        f"SELECT type, envelope FROM events WHERE id IN ({placeholders(len(event_ids))})",
+        event_ids,
+    )
+    return [envelope.decode(raw, event_type) for event_type, raw in rows]
+
+
+async def _save_cursors(
+    tx: Transaction,
+    cursors: dict[DeviceKey, tuple[int, list[str]]],
+    released: list[str],
+    newly_held: list[Event],
+) -> None:
+    """Write back each device's cursor and the events that still wait for a gap."""
+    if released:
         await tx.execute(
-            "INSERT INTO device_presence (store, device, online, session, version, seen_at) "
-            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (store, device) DO UPDATE SET "
-            "online = excluded.online, session = excluded.session, version = excluded.version, "
-            "seen_at = excluded.seen_at WHERE excluded.session >= device_presence.session",
-            (m.store, m.device, int(body.online), body.session, body.version, time.time()),
+            f"DELETE FROM pending_events WHERE event_id IN ({placeholders(len(released))})",
+            released,
         )
+    now = time.time()
+    await tx.executemany(
+        "INSERT INTO pending_events (event_id, device_key, store, device, seq, received_at) "
+        "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (event_id) DO NOTHING",
+        [(str(e.id), f"{e.store}/{e.device}", e.store, e.device, e.seq, now) for e in newly_held],
+    )
+    await tx.executemany(
+        "UPDATE device_cursors SET applied_seq = ?, pending = ? WHERE device_key = ?",
+        [(cursor, len(held), f"{s}/{d}") for (s, d), (cursor, held) in cursors.items()],
+    )
+
+
+async def _record_presence(tx: Transaction, statuses: list[Event]) -> None:
+    """Latest presence per kiosk; an older session's message never overwrites a newer one."""
+    await tx.executemany(
+        "INSERT INTO device_presence (store, device, online, session, version, seen_at) "
+        "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (store, device) DO UPDATE SET "
+        "online = excluded.online, session = excluded.session, version = excluded.version, "
+        "seen_at = excluded.seen_at WHERE excluded.session >= device_presence.session",
+        [
+            (m.store, m.device, int(m.body.online), m.body.session, m.body.version, time.time())
+            for m in statuses
+        ],
+    )

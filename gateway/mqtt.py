@@ -245,15 +245,36 @@ class GatewayLink:
             await asyncio.to_thread(_shut_down, client)
 
     async def _consume(self, client: paho.Client) -> None:
-        while True:
-            items = await self._inbox.take(self._batch_max)
-            generation = self._generation
+        """Hand batches to ``on_batch``, up to ``batches_in_flight`` at once: while one batch
+        is in the database, the next is being decoded."""
+        slots = asyncio.Semaphore(self._settings.batches_in_flight)
+        running: set[asyncio.Task[None]] = set()
+        try:
+            while True:
+                items = await self._inbox.take(self._batch_max)
+                await slots.acquire()
+                task = asyncio.create_task(self._process(client, items, self._generation))
+                running.add(task)
+                task.add_done_callback(running.discard)
+                task.add_done_callback(lambda _: slots.release())
+        finally:
+            for task in running:
+                task.cancel()
+            if running:
+                await asyncio.wait(running)
+
+    async def _process(self, client: paho.Client, items: list[_Inbound], generation: int) -> None:
+        try:
             await self._on_batch([(i.topic, i.payload) for i in items])
-            if generation != self._generation:
-                continue  # a new session: the broker redelivers what we did not ack
-            for item in items:
-                if item.qos > 0:
-                    client.ack(item.mid, item.qos)
+        except Exception:
+            # Not acked: the broker redelivers on reconnect and kiosks resend; nothing is lost.
+            log.exception("a batch of %d messages failed; it will come again", len(items))
+            return
+        if generation != self._generation:
+            return  # a new session: the broker redelivers what we did not ack
+        for item in items:
+            if item.qos > 0:
+                client.ack(item.mid, item.qos)
 
     async def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
         """Publish at QoS 1 and wait for the broker's PUBACK, or raise

@@ -72,10 +72,10 @@ class PostgresTransaction:
         """All rows of a query."""
         return [tuple(r) for r in await self._c.fetch(numbered(sql), *params)]
 
-    def for_update(self, *, skip_locked: bool = False) -> str:
-        """Lock the selected rows until commit; with ``skip_locked``, pass over rows another
-        transaction holds (work claiming)."""
-        return " FOR UPDATE SKIP LOCKED" if skip_locked else " FOR UPDATE"
+    def for_update(self, *, of: str | None = None, skip_locked: bool = False) -> str:
+        """Lock the selected rows (of table alias ``of``) until commit; with
+        ``skip_locked``, pass over rows another transaction holds (work claiming)."""
+        return " FOR UPDATE" + (f" OF {of}" if of else "") + (" SKIP LOCKED" if skip_locked else "")
 
 
 def split_schema(url: str) -> tuple[str, str | None]:

@@ -8,6 +8,7 @@ provider, never by sending again blind.
 
 import logging
 import time
+from collections.abc import Sequence
 
 from gateway.config import RefundPolicy
 from gateway.database import Database, Transaction
@@ -38,18 +39,28 @@ class Status:
     FAILED = "failed"  # declined: needs an operator
 
 
-async def request(tx: Transaction, return_id: str, provider: str) -> bool:
-    """Ask for the return's refund; False when it was asked for already."""
+async def request(tx: Transaction, return_id: str, provider: str) -> None:
+    """Ask for the return's refund; nothing happens when it was asked for already."""
     row = await tx.fetchone("SELECT amount_minor, currency FROM returns WHERE id = ?", (return_id,))
     if row is None:
         raise KeyError(return_id)
+    await request_many(tx, [(return_id, int(row[0]), str(row[1]))], provider)
+
+
+async def request_many(
+    tx: Transaction, wanted: Sequence[tuple[str, int, str]], provider: str
+) -> None:
+    """Ask for refunds of ``(return id, amount in minor units, currency)``; the return id is
+    the key, so asking twice does nothing."""
     now = time.time()
-    inserted = await tx.execute(
+    await tx.executemany(
         "INSERT INTO refunds (return_id, status, provider, amount_minor, currency, created_at, "
         "updated_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (return_id) DO NOTHING",
-        (return_id, Status.PENDING, provider, row[0], row[1], now, now),
+        [
+            (rid, Status.PENDING, provider, amount, currency, now, now)
+            for rid, amount, currency in wanted
+        ],
     )
-    return inserted == 1
 
 
 async def policy_of(tx: Transaction, return_id: str) -> RefundPolicy:

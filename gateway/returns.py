@@ -1,8 +1,9 @@
 """The return state machine of DESIGN §3, with every transition recorded with its cause."""
 
 import time
-from dataclasses import dataclass
+from collections.abc import Sequence
 from enum import StrEnum
+from typing import NamedTuple
 
 from gateway.database import Transaction
 
@@ -53,8 +54,7 @@ class CauseKind(StrEnum):
     OPERATOR = "operator"
 
 
-@dataclass(frozen=True)
-class Cause:
+class Cause(NamedTuple):
     """Why a return moved: the kind of cause and its id (event id, webhook id, ...)."""
 
     kind: CauseKind
@@ -63,6 +63,10 @@ class Cause:
 
 class IllegalTransitionError(ValueError):
     """The return is not in a state that allows this move."""
+
+
+STATES = {s.value: s for s in ReturnState}
+"""A state by its stored text (faster than ``ReturnState(text)`` in hot loops)."""
 
 
 def can_move(current: ReturnState, target: ReturnState) -> bool:
@@ -82,20 +86,42 @@ def can_resume(current: ReturnState, target: ReturnState) -> bool:
     return current is ReturnState.EXCEPTION and target in JOURNEY[:-1]
 
 
+class Transition(NamedTuple):
+    """One return's move, for the history (and everything that follows from it)."""
+
+    return_id: str
+    from_state: ReturnState | None
+    to_state: ReturnState
+    cause: Cause
+
+
+async def record_transitions(tx: Transaction, transitions: Sequence[Transition]) -> None:
+    """Write the history lines of moves already applied to the ``returns`` rows."""
+    now = time.time()
+    await tx.executemany(
+        "INSERT INTO return_history (return_id, from_state, to_state, cause_kind, cause_id, at) "
+        "VALUES (?, ?, ?, ?, ?, ?)",
+        # States and cause kinds are StrEnums: both drivers bind them as text.
+        [
+            (t.return_id, t.from_state, t.to_state, t.cause.kind, t.cause.id, now)
+            for t in transitions
+        ],
+    )
+
+
 async def record_creation(
     tx: Transaction, return_id: str, state: ReturnState, cause: Cause
 ) -> None:
     """The first history line of a new return."""
-    await tx.execute(
-        "INSERT INTO return_history (return_id, from_state, to_state, cause_kind, cause_id, at) "
-        "VALUES (?, NULL, ?, ?, ?, ?)",
-        (return_id, state.value, cause.kind.value, cause.id, time.time()),
-    )
+    await record_transitions(tx, [Transition(return_id, None, state, cause)])
 
 
 async def current_state(tx: Transaction, return_id: str) -> ReturnState | None:
-    """The return's state, or None when there is no such return."""
-    row = await tx.fetchone("SELECT state FROM returns WHERE id = ?", (return_id,))
+    """The return's state, locked for the rest of the transaction; None when there is no
+    such return."""
+    row = await tx.fetchone(
+        "SELECT state FROM returns WHERE id = ?" + tx.for_update(), (return_id,)
+    )
     return None if row is None else ReturnState(row[0])
 
 
@@ -120,15 +146,10 @@ async def move(
     allowed = can_resume(current, target) if resume else can_move(current, target)
     if not allowed:
         raise IllegalTransitionError(f"return {return_id}: {current} → {target}")
-    now = time.time()
     assignments = "".join(f", {name} = ?" for name in columns)
     await tx.execute(
         f"UPDATE returns SET state = ?, updated_at = ?{assignments} WHERE id = ?",
-        (target.value, now, *columns.values(), return_id),
+        (target.value, time.time(), *columns.values(), return_id),
     )
-    await tx.execute(
-        "INSERT INTO return_history (return_id, from_state, to_state, cause_kind, cause_id, at) "
-        "VALUES (?, ?, ?, ?, ?, ?)",
-        (return_id, current.value, target.value, cause.kind.value, cause.id, now),
-    )
+    await record_transitions(tx, [Transition(return_id, current, target, cause)])
     return current

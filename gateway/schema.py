@@ -55,7 +55,7 @@ MIGRATIONS: list[str] = [
         updated_at DOUBLE PRECISION NOT NULL
     );
     CREATE INDEX returns_tote ON returns (tote_id);
-    CREATE INDEX returns_state ON returns (state);
+    CREATE INDEX returns_merchant_created ON returns (merchant, created_at);
     CREATE TABLE return_history (
         id AUTO_ID,
         return_id TEXT NOT NULL REFERENCES returns (id),
@@ -74,11 +74,10 @@ MIGRATIONS: list[str] = [
         session BIGINT NOT NULL,
         type TEXT NOT NULL,
         historical BIGINT NOT NULL,
-        body TEXT NOT NULL,
+        envelope TEXT NOT NULL,
         ts DOUBLE PRECISION NOT NULL,
         received_at DOUBLE PRECISION NOT NULL
     );
-    CREATE INDEX events_device_seq ON events (store, device, seq);
     CREATE TABLE dead_letters (
         id AUTO_ID,
         topic TEXT NOT NULL,
@@ -149,7 +148,39 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (store, device)
     );
     """,
-    # 2: carriers — the chosen service of a tote, shipments to track, the exception queue
+    # 2: per-device ordering, kiosk faults, tote capacity
+    """
+    CREATE TABLE device_cursors (
+        device_key TEXT PRIMARY KEY,
+        store TEXT NOT NULL,
+        device TEXT NOT NULL,
+        applied_seq BIGINT NOT NULL,
+        pending BIGINT NOT NULL
+    );
+    CREATE TABLE pending_events (
+        event_id TEXT PRIMARY KEY REFERENCES events (id),
+        device_key TEXT NOT NULL,
+        store TEXT NOT NULL,
+        device TEXT NOT NULL,
+        seq BIGINT NOT NULL,
+        received_at DOUBLE PRECISION NOT NULL
+    );
+    CREATE INDEX pending_events_device ON pending_events (device_key);
+    CREATE TABLE kiosk_faults (
+        event_id TEXT PRIMARY KEY REFERENCES events (id),
+        store TEXT NOT NULL,
+        device TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        compartment TEXT,
+        detail TEXT NOT NULL,
+        at DOUBLE PRECISION NOT NULL,
+        resolved_at DOUBLE PRECISION
+    );
+    CREATE INDEX kiosk_faults_open ON kiosk_faults (store, device) WHERE resolved_at IS NULL;
+    ALTER TABLE totes ADD COLUMN weight_kg DOUBLE PRECISION NOT NULL DEFAULT 0;
+    ALTER TABLE totes ADD COLUMN volume_l DOUBLE PRECISION NOT NULL DEFAULT 0
+    """,
+    # 3: carriers — the chosen service of a tote, shipments to track, the exception queue
     """
     ALTER TABLE totes ADD COLUMN service TEXT;
     ALTER TABLE totes ADD COLUMN product TEXT;

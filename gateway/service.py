@@ -11,7 +11,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from gateway import carrier_exceptions, consolidation
+from gateway import carrier_exceptions, commands, consolidation
 from gateway.api import make_app
 from gateway.carrier_choice import CarrierChooser
 from gateway.carriers.base import Carrier
@@ -21,6 +21,8 @@ from gateway.carriers.sf_express import SfExpressCarrier
 from gateway.commands import CommandDispatcher
 from gateway.config import BreakerSettings, GatewayConfig, RetrySettings
 from gateway.database import Database, open_database
+from gateway.dropoffs import DropoffDesk
+from gateway.faults import FaultLog
 from gateway.ingest import Ingest
 from gateway.keys import SigningKeys
 from gateway.mqtt import Batch, GatewayLink, GatewayLinkDownError
@@ -68,7 +70,7 @@ class Gateway:
         self.shipping = ShippingDesk(
             self._db, cfg, self.carriers, CarrierChooser.from_config(cfg), self.tracking
         )
-        self.ingest = Ingest(self._db, cfg.consolidation, provider.name)
+        self.ingest = self._make_ingest(provider.name)
         self.dispatcher = CommandDispatcher(self._db)
         self.link = GatewayLink(
             cfg.broker,
@@ -83,6 +85,16 @@ class Gateway:
             asyncio.create_task(self._timers(), name="gateway-timers"),
         ]
         log.info("gateway listening on %s", self.url)
+
+    def _make_ingest(self, refund_provider: str) -> Ingest:
+        ingest = Ingest(self.db)
+        self.dropoffs = DropoffDesk(self.config.consolidation, refund_provider)
+        self.faults = FaultLog()
+        ingest.on("dropoff", self.dropoffs.apply)
+        ingest.on("cmd_result", commands.record_results)
+        ingest.on("fault", self.faults.record_faults)
+        ingest.on("scan_rejected", self.faults.count_rejections)
+        return ingest
 
     def _make_carriers(self, session: aiohttp.ClientSession) -> dict[str, Carrier]:
         """The carrier adapters the configuration names (the one place they are chosen)."""
@@ -254,9 +266,11 @@ class Gateway:
                 log.exception("timer work failed; will retry at the next tick")
 
     async def _run_due_work(self) -> None:
-        closed = await consolidation.close_due(self.db, self.config.consolidation)
-        if closed:
-            log.info("closed %d tote(s) at their cutoff", len(closed))
+        async with self.db.transaction() as tx:
+            closed = await consolidation.close_due(tx, self.config.consolidation)
+        for tote_id, reason in closed:
+            log.info("tote %s closed: %s", tote_id, reason)
+        await self.ingest.release_stale_gaps(self.config.seq_gap_timeout_s)
         await self.shipping.book_due()
         await self.tracking.poll_due()
         await self._dispatch_commands()
@@ -320,8 +334,15 @@ class Gateway:
             "events_duplicate": stats.duplicates,
             "dead_letters": dict(stats.dead_letters),
             "dead_letters_total": int(dead[0]) if dead else 0,
-            "faults": stats.faults,
-            "rejected_scans": stats.rejected_scans,
+            "events_applied": stats.applied,
+            "events_late": stats.late,
+            "events_waiting_for_gap": await self.ingest.pending_count(),
+            "seq_gaps_released": stats.gaps_released,
+            "dropoffs_accepted": self.dropoffs.stats.accepted,
+            "dropoffs_unexpected": self.dropoffs.stats.unexpected,
+            "dropoffs_unknown_return": self.dropoffs.stats.unknown,
+            "faults": dict(self.faults.faults),
+            "rejected_scans": dict(self.faults.rejected_scans),
             "totes_booked": self.shipping.booked,
             "booking_failures": self.shipping.booking_failures,
             "booking_rejections": self.shipping.booking_rejections,

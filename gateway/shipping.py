@@ -68,14 +68,14 @@ class ShippingDesk:
     async def book_due(self) -> int:
         """Book every closed tote that is due; returns how many were booked now."""
         rows = await self._db.fetchall(
-            "SELECT id, store, item_count, booking_attempts FROM totes "
+            "SELECT id, store, item_count, weight_kg, booking_attempts FROM totes "
             "WHERE state = 'closed' AND next_attempt_at <= ? ORDER BY closed_at LIMIT 50",
             (time.time(),),
         )
         booked = 0
-        for tote_id, store, count, attempts in rows:
+        for tote_id, store, count, weight_kg, attempts in rows:
             try:
-                await self._book(str(tote_id), str(store), int(count))
+                await self._book(str(tote_id), str(store), int(count), float(weight_kg))
                 booked += 1
             except (CarrierRejected, NoCarrierError) as exc:
                 await self._rejected(str(tote_id), exc)
@@ -83,10 +83,7 @@ class ShippingDesk:
                 await self._booking_failed(str(tote_id), int(attempts), exc)
         return booked
 
-    def _weight(self, count: int) -> float:
-        return count * self._config.consolidation.est_item_weight_kg
-
-    async def _choice(self, tote_id: str, store: str, count: int) -> tuple[str, str, str]:
+    async def _choice(self, tote_id: str, store: str, weight_kg: float) -> tuple[str, str, str]:
         """The tote's (service, carrier, product): the stored choice, or a new one."""
         row = await self._db.fetchone(
             "SELECT service, carrier, product FROM totes WHERE id = ?", (tote_id,)
@@ -98,7 +95,7 @@ class ShippingDesk:
             ChoiceRequest(
                 origin_province=settings.address.province,
                 destination_province=self._config.warehouse.province,
-                weight_kg=self._weight(count),
+                weight_kg=weight_kg,
                 prefer=tuple(settings.prefer),
             ),
             unavailable={name for name, c in self._carriers.items() if c.breaker.is_open},
@@ -115,7 +112,7 @@ class ShippingDesk:
             )
 
     def _shipment_request(
-        self, tote_id: str, store: str, count: int, product: str
+        self, tote_id: str, store: str, count: int, weight_kg: float, product: str
     ) -> ShipmentRequest:
         start = datetime.now(UTC) + timedelta(hours=1)
         return ShipmentRequest(
@@ -123,7 +120,7 @@ class ShippingDesk:
             sender=_address(self._stores[store].address),
             receiver=_address(self._config.warehouse),
             parcel=Parcel(
-                weight_kg=self._weight(count),
+                weight_kg=weight_kg,
                 count=1,
                 description=f"returns tote, {count} parcels",
             ),
@@ -132,10 +129,10 @@ class ShippingDesk:
             product=product,
         )
 
-    async def _book(self, tote_id: str, store: str, count: int) -> None:
-        service, carrier_name, product = await self._choice(tote_id, store, count)
+    async def _book(self, tote_id: str, store: str, count: int, weight_kg: float) -> None:
+        service, carrier_name, product = await self._choice(tote_id, store, weight_kg)
         carrier = self._carriers[carrier_name]
-        req = self._shipment_request(tote_id, store, count, product)
+        req = self._shipment_request(tote_id, store, count, weight_kg, product)
         shipment = await carrier.create_shipment(req)
         async with self._db.transaction() as tx:
             # Tracked from the moment the waybill exists: pushes can come before we are done.

@@ -85,12 +85,30 @@ def _envelope_of(model: type[BaseModel]) -> type[Envelope[Any]]:
     return Envelope[model]  # type: ignore[valid-type]
 
 
-def decode(raw: bytes | bytearray | str) -> Envelope[Any]:
+def decode(raw: bytes | bytearray | str, expected_type: str | None = None) -> Envelope[Any]:
     """Parse and validate a payload, body included, or raise a typed error.
 
+    ``expected_type`` (the type its topic names) lets a receiver validate straight from the
+    bytes, at about a third of the cost; a payload of another type is malformed.
     Raises :class:`MalformedMessage` for anything that is not a valid envelope and
     :class:`UnknownMessageType` for a valid envelope of a type this version lacks.
     """
+    model = BODY_TYPES.get(expected_type) if expected_type else None
+    if model is not None and len(raw) <= MAX_MESSAGE_BYTES:
+        try:
+            message = _envelope_of(model).model_validate_json(raw)
+        except ValidationError:
+            pass  # the slow path below says precisely what is wrong
+        else:
+            if message.type != expected_type:
+                raise MalformedMessage(
+                    f"a {message.type!r} message where {expected_type!r} belongs"
+                )
+            return message
+    return _decode_slowly(raw, expected_type)
+
+
+def _decode_slowly(raw: bytes | bytearray | str, expected_type: str | None) -> Envelope[Any]:
     if len(raw) > MAX_MESSAGE_BYTES:
         raise MalformedMessage(f"payload of {len(raw)} bytes exceeds {MAX_MESSAGE_BYTES}")
     try:
@@ -103,6 +121,8 @@ def decode(raw: bytes | bytearray | str) -> Envelope[Any]:
     model = BODY_TYPES.get(kind) if isinstance(kind, str) else None
     if model is None:
         raise UnknownMessageType(f"unknown message type {kind!r}")
+    if expected_type is not None and kind != expected_type:
+        raise MalformedMessage(f"a {kind!r} message where {expected_type!r} belongs")
     try:
         return _envelope_of(model).model_validate(data)
     except ValidationError as exc:

@@ -2,6 +2,7 @@
 
 from dataclasses import dataclass
 from enum import StrEnum
+from functools import lru_cache
 
 from protocol.errors import BadTopic
 from protocol.ids import is_valid_id
@@ -88,9 +89,26 @@ class ParsedTopic:
     channel: str
     leaf: str | None = None
 
+    @property
+    def message_type(self) -> str | None:
+        """The envelope ``type`` a message on this topic must have."""
+        if self.channel in (Channel.EVT, Channel.CMD):
+            return self.leaf
+        return _CHANNEL_TYPES.get(self.channel)
 
+
+_CHANNEL_TYPES = {
+    Channel.ACK: "ack",
+    Channel.CMD_RES: "cmd_result",
+    Channel.STATUS: "status",
+    "config": "store_config",
+}
+
+
+@lru_cache(maxsize=65_536)
 def parse(topic: str) -> ParsedTopic:
-    """Take a ``dropline/v1`` topic apart, or raise :class:`BadTopic`."""
+    """Take a ``dropline/v1`` topic apart, or raise :class:`BadTopic`. (Cached: a fleet
+    sends on a few topics per kiosk.)"""
     parts = topic.split("/")
     if len(parts) < 4 or f"{parts[0]}/{parts[1]}" != ROOT:
         raise BadTopic(f"not a {ROOT} topic: {topic!r}")

@@ -3,6 +3,7 @@ payments. Nothing of ours is mocked; only hardware and outside services are simu
 
 import asyncio
 import dataclasses
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -50,8 +51,8 @@ async def test_twenty_returns_reach_refunded_exactly_once(system: LocalSystem) -
     assert {r: system.payments.refund_count(r) for r in ids} == dict.fromkeys(ids, 1)
     gateway = system.gateway
     assert gateway is not None
-    dropoffs = await gateway.db.fetchall("SELECT body FROM events WHERE type = 'dropoff'")
-    stored_returns = sorted(__import__("json").loads(b)["return_id"] for (b,) in dropoffs)
+    dropoffs = await gateway.db.fetchall("SELECT envelope FROM events WHERE type = 'dropoff'")
+    stored_returns = sorted(json.loads(e)["body"]["return_id"] for (e,) in dropoffs)
     assert stored_returns == sorted(ids), "every drop-off stored exactly once"
     for kiosk in system.kiosks:
         await asyncio.wait_for(kiosk.agent.outbox.emptied.wait(), 30)
