@@ -7,7 +7,7 @@ import statistics
 import tempfile
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -41,6 +41,7 @@ class DemoReport:
     dropoff_to_refund_s: list[float]
     wall_s: float
     prints: list[Path]
+    services: Counter[str] = field(default_factory=Counter)  # totes per carrier service
 
     @property
     def ok(self) -> bool:
@@ -149,6 +150,10 @@ async def _report(
         if "dropped_off" in at and "refunded" in at:
             latencies.append(at["refunded"] - at["dropped_off"])
     prints = sorted(p for k in system.kiosks for p in (*k.printer.printed, *k.labels.printed))
+    assert system.gateway is not None
+    rows = await system.gateway.db.fetchall(
+        "SELECT service, count(*) FROM totes WHERE service IS NOT NULL GROUP BY service"
+    )
     return DemoReport(
         states=Counter(v["state"] for v in views),
         refunds_per_return=refunds,
@@ -156,6 +161,7 @@ async def _report(
         dropoff_to_refund_s=latencies,
         wall_s=time.monotonic() - started,
         prints=prints,
+        services=Counter({str(s): int(n) for s, n in rows}),
     )
 
 
@@ -177,6 +183,8 @@ def summarize(report: DemoReport, workdir_kept: bool) -> str:
         + ", ".join(f"{k}× → {n} return(s)" for k, n in sorted(refunds.items())),
         f"  kiosk session, scan → recorded (ms): {_quantiles(report.scan_to_done_ms)}",
         f"  drop-off → refunded (s): {_quantiles(report.dropoff_to_refund_s)}",
+        "  totes by carrier service: "
+        + (", ".join(f"{s} {n}" for s, n in sorted(report.services.items())) or "none"),
         f"  wall time: {report.wall_s:.1f} s",
     ]
     receipts = [p for p in report.prints if p.name.startswith("receipt")]

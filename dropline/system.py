@@ -1,5 +1,6 @@
-"""A whole Dropline installation on one machine: a private Mosquitto, the simulated carrier
-and payment services, the gateway, and edge agents on simulated hardware.
+"""A whole Dropline installation on one machine: a private Mosquitto, the simulated carriers
+(Kdniao and SF Express) and payment service, the gateway, and edge agents on simulated
+hardware.
 
 The demo and the end-to-end tests both build on this; nothing here is mocked but the
 hardware and the outside services, which live in ``simulator/``.
@@ -21,20 +22,29 @@ from edge.config import BrokerSettings as EdgeBrokerSettings
 from edge.config import CompartmentPins, EdgeConfig, IndicatorSettings, ScreenSettings, Timeouts
 from gateway.config import (
     AddressSettings,
+    BreakerSettings,
     BrokerSettings,
+    CarrierChoiceRules,
+    CarrierService,
     ConsolidationRules,
     GatewayConfig,
     KdniaoSettings,
     MerchantSettings,
+    RateZone,
     RefundPolicy,
+    RetrySettings,
+    SfExpressSettings,
     StoreSettings,
     StripeSettings,
+    TrackingSettings,
 )
 from gateway.service import Gateway
 from protocol.sizes import SizeClass
-from simulator.kdniao import CarrierKnobs, KdniaoSimulator
+from simulator.carrier_http import CarrierKnobs
+from simulator.kdniao import KdniaoSimulator
 from simulator.kiosk import SimulatedKiosk, build_kiosk
 from simulator.payments import PaymentKnobs, PaymentsSimulator
+from simulator.sf_express import SfExpressSimulator
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +57,56 @@ WAREHOUSE = AddressSettings(
     street="安亭镇 1 号仓",
 )
 
+
+def _site(phone: str, province: str, city: str, district: str, street: str) -> AddressSettings:
+    return AddressSettings(
+        name="", phone=phone, province=province, city=city, district=district, street=street
+    )
+
+
+STORE_SITES: list[tuple[AddressSettings, tuple[str, ...]]] = [
+    (_site("021-5555-0101", "上海市", "上海市", "静安区", "南京西路 1 号"), ()),
+    (_site("020-5555-0102", "广东省", "广州市", "天河区", "天河路 2 号"), ("sf",)),
+    (_site("0991-555-0103", "新疆维吾尔自治区", "乌鲁木齐市", "天山区", "解放北路 3 号"), ()),
+]
+"""Where the simulated stores are and what they prefer, in turn: one near the warehouse (the
+cheapest service wins), one that prefers SF, one in a remote province (EMS through Kdniao)."""
+
+DEMO_SERVICES = CarrierChoiceRules(
+    services=[
+        CarrierService(
+            id="kdniao-yto",
+            carrier="kdniao",
+            product="YTO",
+            zones=[
+                RateZone(
+                    provinces=["上海", "江苏", "浙江", "安徽"], first_kg=6, per_extra_kg=2, days=2
+                ),
+                RateZone(first_kg=10, per_extra_kg=4, days=4),
+            ],
+        ),
+        CarrierService(
+            id="kdniao-ems",
+            carrier="kdniao",
+            product="EMS",
+            zones=[RateZone(first_kg=18, per_extra_kg=6, days=5)],
+        ),
+        CarrierService(
+            id="kdniao-yzpy",
+            carrier="kdniao",
+            product="YZPY",
+            zones=[RateZone(first_kg=12, per_extra_kg=3, days=7)],
+        ),
+        CarrierService(
+            id="sf-standard",
+            carrier="sf",
+            product="2",
+            zones=[RateZone(first_kg=14, per_extra_kg=6, days=2)],
+        ),
+    ],
+    remote_services=["kdniao-ems", "kdniao-yzpy"],
+)
+"""A small rate table for the simulated carriers."""
 
 MAX_COMPARTMENTS = 12
 """A Pi's GPIO 2–25 give 12 relay/sensor pairs (relays on 2–13, door sensors on 14–25);
@@ -67,7 +127,16 @@ class SystemOptions:
     tick_s: float = 0.2
     ack_timeout_s: float = 5.0
     camera_fps: float = 15.0
-    carrier_knobs: CarrierKnobs = field(default_factory=CarrierKnobs)
+    carrier_knobs: CarrierKnobs = field(default_factory=CarrierKnobs)  # Kdniao
+    sf_knobs: CarrierKnobs = field(default_factory=CarrierKnobs)
+    carrier_timeout_s: float = 5.0
+    carrier_retry: RetrySettings = field(default_factory=RetrySettings)
+    carrier_breaker: BreakerSettings = field(default_factory=BreakerSettings)
+    tracking: TrackingSettings = field(
+        default_factory=lambda: TrackingSettings(
+            quiet_after_s=30.0, poll_every_s=5.0, silent_after_s=600.0
+        )
+    )
     payment_knobs: PaymentKnobs = field(default_factory=PaymentKnobs)
     payment_timeout_s: float = 5.0
     database: str | None = None  # the gateway's; None: a SQLite file in the workdir
@@ -92,7 +161,8 @@ class LocalSystem:
         self.merchant = "acme"
         self._http: aiohttp.ClientSession | None = None
         self.gateway: Gateway | None = None
-        self.carrier: KdniaoSimulator | None = None
+        self.kdniao: KdniaoSimulator | None = None
+        self.sf: SfExpressSimulator | None = None
         self.payments: PaymentsSimulator | None = None
 
     # ---- life cycle ---------------------------------------------------------------------
@@ -107,19 +177,35 @@ class LocalSystem:
         )
         payments_url = await self.payments.start()
         gateway_port = free_port()
-        ebusiness_id, app_key = "1234567", secrets.token_hex(16)
-        self.carrier = KdniaoSimulator(
-            ebusiness_id,
-            app_key,
-            push_url=f"http://127.0.0.1:{gateway_port}/v1/carriers/kdniao/push",
+        pushes = f"http://127.0.0.1:{gateway_port}/v1/carriers"
+        kdniao = KdniaoSettings(
+            base_url="", ebusiness_id="1234567", app_key=secrets.token_hex(16),
+            timeout_s=opts.carrier_timeout_s, retry=opts.carrier_retry,
+            breaker=opts.carrier_breaker,
+        )  # fmt: skip
+        self.kdniao = KdniaoSimulator(
+            kdniao.ebusiness_id,
+            kdniao.app_key,
+            push_url=f"{pushes}/kdniao/push",
             push_delays_s=opts.tracking_delays_s,
             knobs=opts.carrier_knobs,
         )
-        carrier_url = await self.carrier.start()
+        kdniao = kdniao.model_copy(update={"base_url": await self.kdniao.start()})
+        sf = SfExpressSettings(
+            base_url="", partner_id="DROPLINE", checkword=secrets.token_hex(16),
+            monthly_card="7551234567", timeout_s=opts.carrier_timeout_s,
+            retry=opts.carrier_retry, breaker=opts.carrier_breaker,
+        )  # fmt: skip
+        self.sf = SfExpressSimulator(
+            sf.partner_id,
+            sf.checkword,
+            push_url=f"{pushes}/sf/push",
+            push_delays_s=opts.tracking_delays_s,
+            knobs=opts.sf_knobs,
+        )
+        sf = sf.model_copy(update={"base_url": await self.sf.start()})
         self.gateway = Gateway(
-            self._gateway_config(
-                gateway_port, carrier_url, ebusiness_id, app_key, payments_url, api_key
-            )
+            self._gateway_config(gateway_port, kdniao, sf, payments_url, api_key)
         )
         await self.gateway.start()
         self._http = aiohttp.ClientSession(base_url=self.gateway.url)
@@ -133,12 +219,16 @@ class LocalSystem:
         """The ids of the simulated stores."""
         return [f"store-{i + 1}" for i in range(self.options.stores)]
 
+    def store_site(self, store: str) -> tuple[AddressSettings, tuple[str, ...]]:
+        """The address and carrier preference of a simulated store."""
+        address, prefer = STORE_SITES[self.store_ids.index(store) % len(STORE_SITES)]
+        return address.model_copy(update={"name": f"Dropline {store}"}), prefer
+
     def _gateway_config(
         self,
         port: int,
-        carrier_url: str,
-        ebusiness_id: str,
-        app_key: str,
+        kdniao: KdniaoSettings,
+        sf: SfExpressSettings,
         payments_url: str,
         api_key: str,
     ) -> GatewayConfig:
@@ -156,7 +246,8 @@ class LocalSystem:
                 StoreSettings(
                     id=store,
                     name=f"Store {store}",
-                    address=WAREHOUSE.model_copy(update={"name": f"Dropline {store}"}),
+                    address=self.store_site(store)[0],
+                    prefer=list(self.store_site(store)[1]),
                 )
                 for store in self.store_ids
             ],
@@ -166,7 +257,10 @@ class LocalSystem:
                 max_age_s=opts.tote_max_age_s,
                 daily_cutoff=None,  # the demo's totes close by count and age, whatever the hour
             ),
-            kdniao=KdniaoSettings(base_url=carrier_url, ebusiness_id=ebusiness_id, app_key=app_key),
+            kdniao=kdniao,
+            sf_express=sf,
+            carrier_choice=DEMO_SERVICES,
+            tracking=opts.tracking,
             stripe=StripeSettings(
                 base_url=payments_url, api_key=api_key, timeout_s=opts.payment_timeout_s
             ),
@@ -228,8 +322,9 @@ class LocalSystem:
             await self._http.close()
         if self.gateway is not None:
             await self.gateway.stop()
-        if self.carrier is not None:
-            await self.carrier.stop()
+        for carrier in (self.kdniao, self.sf):
+            if carrier is not None:
+                await carrier.stop()
         if self.payments is not None:
             await self.payments.stop()
         await self.broker.stop()

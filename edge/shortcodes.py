@@ -1,4 +1,4 @@
-"""Typed short codes → voucher tokens (ADR 0005).
+"""Typed short codes → voucher tokens (ADR 0006).
 
 A short code is not self-verifying, so the kiosk resolves it from its own table first (the
 gateway's ``sync`` commands fill it with the codes of vouchers scoped to this store, so those

@@ -4,22 +4,25 @@ import io
 import json
 import logging
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import segno
 from aiohttp import web
-from pydantic import ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from gateway import carrier_exceptions
 from gateway.authorization import (
     ReturnRequest,
     UnknownMerchantError,
     UnknownStoreError,
     authorize,
 )
+from gateway.carrier_exceptions import AlreadyResolvedError, ExceptionNotFoundError, Resolution
 from gateway.carriers.base import PushVerificationError
 from gateway.returns import ReturnState
 from protocol import shortcode
 from protocol.errors import ShortCodeError
+from protocol.ids import new_id
 
 if TYPE_CHECKING:
     from gateway.service import Gateway
@@ -110,15 +113,10 @@ async def get_return(request: web.Request) -> web.Response:
     return web.json_response(view)
 
 
-async def list_returns(request: web.Request) -> web.Response:
-    """``GET /v1/returns?state=&merchant=&limit=``: newest first."""
-    state = request.query.get("state")
-    if state is not None and state not in {s.value for s in ReturnState}:
-        return error(
-            422, "invalid_request", "unknown state", [{"field": "state", "reason": "unknown"}]
-        )
+def _limit(request: web.Request) -> int | web.Response:
+    """The ``limit`` query parameter (1..MAX_LIST, default 100), or the error to answer."""
     try:
-        limit = min(MAX_LIST, int(request.query.get("limit", "100")))
+        return min(MAX_LIST, max(1, int(request.query.get("limit", "100"))))
     except ValueError:
         return error(
             422,
@@ -126,8 +124,20 @@ async def list_returns(request: web.Request) -> web.Response:
             "limit must be a number",
             [{"field": "limit", "reason": "not a number"}],
         )
+
+
+async def list_returns(request: web.Request) -> web.Response:
+    """``GET /v1/returns?state=&merchant=&limit=``: newest first."""
+    state = request.query.get("state")
+    if state is not None and state not in {s.value for s in ReturnState}:
+        return error(
+            422, "invalid_request", "unknown state", [{"field": "state", "reason": "unknown"}]
+        )
+    limit = _limit(request)
+    if isinstance(limit, web.Response):
+        return limit
     rows = await request.app[GATEWAY].list_returns(
-        state=state, merchant=request.query.get("merchant"), limit=max(1, limit)
+        state=state, merchant=request.query.get("merchant"), limit=limit
     )
     return web.json_response({"returns": rows, "count": len(rows)})
 
@@ -164,7 +174,10 @@ async def lookup_short_code(request: web.Request) -> web.Response:
 
 
 async def carrier_push(request: web.Request) -> web.Response:
-    """``POST /v1/carriers/{carrier}/push``: a carrier's signed tracking push."""
+    """``POST /v1/carriers/{carrier}/push``: a carrier's signed tracking push.
+
+    A forged or malformed push is refused (400, in the carrier's reply format) and counted; a
+    replayed one is accepted and changes nothing."""
     gateway = request.app[GATEWAY]
     carrier = gateway.carriers.get(request.match_info["carrier"])
     if carrier is None:
@@ -174,11 +187,73 @@ async def carrier_push(request: web.Request) -> web.Response:
         updates = carrier.parse_push(form)
     except PushVerificationError as exc:
         gateway.metrics["carrier_push_rejected"] += 1
+        gateway.metrics[f"carrier_push_rejected_{carrier.name}"] += 1
         log.warning("rejected %s push: %s", carrier.name, exc)
-        return web.json_response(carrier.push_reply(False, str(exc)), status=400)
-    await gateway.shipping.apply_tracking(updates, cause_id=f"{carrier.name}-push")
+        return web.json_response(carrier.push_reply(False, exc.reason), status=400)
+    applied = await gateway.tracking.apply(updates, cause_id=f"{carrier.name}-push-{new_id()}")
     gateway.wake()
+    if applied.unknown:
+        # Perhaps ahead of its booking's commit: the carrier sends it again later.
+        gateway.metrics["carrier_push_deferred"] += 1
+        reason = f"unknown waybill(s) {', '.join(sorted(set(applied.unknown)))}; send again"
+        return web.json_response(carrier.push_reply(False, reason))
+    gateway.metrics["carrier_push_accepted"] += 1
     return web.json_response(carrier.push_reply(True))
+
+
+EXCEPTION_STATUSES = ("open", "resolved", "all")
+
+
+async def list_exceptions(request: web.Request) -> web.Response:
+    """``GET /v1/exceptions?status=open|resolved|all&limit=``: the carrier exception queue."""
+    status = request.query.get("status", "open")
+    if status not in EXCEPTION_STATUSES:
+        return error(
+            422, "invalid_request", "unknown status", [{"field": "status", "reason": "unknown"}]
+        )
+    limit = _limit(request)
+    if isinstance(limit, web.Response):
+        return limit
+    items = await carrier_exceptions.listing(request.app[GATEWAY].db, status=status, limit=limit)
+    return web.json_response({"exceptions": items, "count": len(items)})
+
+
+async def get_exception(request: web.Request) -> web.Response:
+    """``GET /v1/exceptions/{id}``."""
+    item = await carrier_exceptions.view(request.app[GATEWAY].db, request.match_info["id"])
+    if item is None:
+        return error(404, "not_found", "no such exception")
+    return web.json_response(item)
+
+
+class ResolveRequest(BaseModel):
+    """``POST /v1/exceptions/{id}/resolve``: ``resume`` puts the held returns back on their
+    journey; ``close`` ends the exception and leaves them in ``exception``."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    action: Literal["resume", "close"]
+    by: str = Field(min_length=1, max_length=64)
+    note: str = Field(default="", max_length=500)
+
+
+async def resolve_exception(request: web.Request) -> web.Response:
+    """``POST /v1/exceptions/{id}/resolve`` with ``{"action", "by", "note"}``."""
+    try:
+        body = ResolveRequest.model_validate(await _json_body(request))
+    except ValidationError as exc:
+        return error(422, "invalid_request", "the request has invalid fields", _field_errors(exc))
+    gateway = request.app[GATEWAY]
+    try:
+        item = await gateway.tracking.resolve(
+            request.match_info["id"], Resolution(body.action), by=body.by, note=body.note
+        )
+    except ExceptionNotFoundError:
+        return error(404, "not_found", "no such exception")
+    except AlreadyResolvedError:
+        return error(409, "already_resolved", "the exception is resolved already")
+    gateway.wake()
+    return web.json_response(item)
 
 
 async def health(request: web.Request) -> web.Response:
@@ -204,6 +279,9 @@ def make_app(gateway: "Gateway") -> web.Application:
     app.router.add_get(r"/v1/returns/{id}/voucher.{ext:png|svg}", voucher_image)
     app.router.add_get("/v1/vouchers/{code}", lookup_short_code)
     app.router.add_post("/v1/carriers/{carrier}/push", carrier_push)
+    app.router.add_get("/v1/exceptions", list_exceptions)
+    app.router.add_get("/v1/exceptions/{id}", get_exception)
+    app.router.add_post("/v1/exceptions/{id}/resolve", resolve_exception)
     app.router.add_get("/v1/health", health)
     app.router.add_get("/v1/metrics", metrics)
     kiosk_api.add_routes(app)

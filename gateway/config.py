@@ -8,7 +8,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from protocol.ids import ID_PATTERN
 
@@ -46,12 +46,13 @@ class AddressSettings(_Model):
 
 
 class StoreSettings(_Model):
-    """A store with kiosks."""
+    """A store with kiosks. ``prefer`` lists carriers or carrier services (ids of
+    ``carrier_choice.services``) the store would rather use, best first."""
 
     id: str = Field(pattern=ID_PATTERN)
     name: str
     address: AddressSettings
-    carrier: str = "kdniao"
+    prefer: list[str] = Field(default_factory=list)
 
 
 class ParcelProfile(_Model):
@@ -101,13 +102,88 @@ class ConsolidationRules(_Model):
         return self.parcels.get(size) or max(self.parcels.values(), key=lambda p: p.volume_l)
 
 
+class RetrySettings(_Model):
+    """Retries of a carrier call that failed without an answer (timeout, 5xx, rate limit)."""
+
+    attempts: int = Field(default=4, ge=1, le=20)
+    base_s: float = Field(default=0.2, gt=0)
+    max_s: float = Field(default=5.0, gt=0)
+    max_retry_after_s: float = Field(default=30.0, ge=0)
+
+
+class BreakerSettings(_Model):
+    """A carrier's circuit breaker: consecutive failures that open it, and its cool-down."""
+
+    failure_threshold: int = Field(default=5, ge=1)
+    cooldown_s: float = Field(default=30.0, gt=0)
+
+
 class KdniaoSettings(_Model):
-    """The aggregated carrier API."""
+    """The Kdniao aggregated carrier API."""
 
     base_url: str
     ebusiness_id: str
     app_key: str
     timeout_s: float = 5.0
+    default_shipper_code: str = "YTO"
+    retry: RetrySettings = RetrySettings()
+    breaker: BreakerSettings = BreakerSettings()
+
+
+class SfExpressSettings(_Model):
+    """The SF Express open platform (丰桥)."""
+
+    base_url: str
+    partner_id: str
+    checkword: str
+    monthly_card: str = ""
+    default_express_type: str = "2"
+    timeout_s: float = 5.0
+    retry: RetrySettings = RetrySettings()
+    breaker: BreakerSettings = BreakerSettings()
+
+
+class RateZone(_Model):
+    """Price and transit time for shipments from ``provinces`` (empty: from anywhere else)."""
+
+    provinces: list[str] = Field(default_factory=list)
+    first_kg: float = Field(ge=0)  # CNY for the first (started) kilogram
+    per_extra_kg: float = Field(default=0.0, ge=0)  # CNY for each further started kilogram
+    days: int = Field(ge=0)
+
+
+class CarrierService(_Model):
+    """One product of one carrier with its rate table. ``product`` is the carrier's code:
+    Kdniao ``ShipperCode`` (YTO, ZTO, EMS, YZPY, ...) or SF ``expressTypeId``."""
+
+    id: str = Field(pattern=r"^[a-z0-9-]{1,32}$")
+    carrier: str
+    product: str
+    zones: list[RateZone] = Field(min_length=1)
+    max_weight_kg: float | None = Field(default=None, gt=0)
+
+
+DEFAULT_REMOTE_PROVINCES = ["新疆", "西藏", "青海", "内蒙古", "宁夏", "甘肃"]
+
+
+class CarrierChoiceRules(_Model):
+    """How a carrier is chosen (gateway/carrier_choice.py). With no ``services``, each
+    configured carrier is one flat-rate service named after it."""
+
+    services: list[CarrierService] = Field(default_factory=list)
+    remote_provinces: list[str] = Field(default_factory=lambda: list(DEFAULT_REMOTE_PROVINCES))
+    remote_services: list[str] = Field(default_factory=list)  # EMS / China Post service ids
+    standard_days: int = Field(default=5, ge=0)
+    urgent_days: int = Field(default=2, ge=0)
+
+
+class TrackingSettings(_Model):
+    """Tracking by push, with polling for shipments that have gone quiet."""
+
+    quiet_after_s: float = Field(default=6 * 3600.0, gt=0)  # no news this long: poll
+    poll_every_s: float = Field(default=2 * 3600.0, gt=0)  # then poll this often
+    poll_batch: int = Field(default=50, ge=1)
+    silent_after_s: float = Field(default=3 * 86_400.0, gt=0)  # no news this long: exception
 
 
 class StripeSettings(_Model):
@@ -150,7 +226,10 @@ class GatewayConfig(_Model):
     stores: list[StoreSettings]
     warehouse: AddressSettings
     consolidation: ConsolidationRules = ConsolidationRules()
-    kdniao: KdniaoSettings
+    kdniao: KdniaoSettings | None = None
+    sf_express: SfExpressSettings | None = None
+    carrier_choice: CarrierChoiceRules = CarrierChoiceRules()
+    tracking: TrackingSettings = TrackingSettings()
     stripe: StripeSettings
     voucher_ttl_s: int = 14 * 86_400
     tick_s: float = 1.0
@@ -158,6 +237,34 @@ class GatewayConfig(_Model):
     seq_gap_timeout_s: float = Field(default=60.0, gt=0)
     """How long an event waits for an earlier ``seq`` of its device before it is applied
     regardless (the earlier one is lost, or the kiosk's numbering restarted)."""
+
+    @property
+    def carrier_names(self) -> list[str]:
+        """The adapters configured: ``kdniao``, ``sf``."""
+        names = {"kdniao": self.kdniao, "sf": self.sf_express}
+        return [name for name, settings in names.items() if settings is not None]
+
+    @model_validator(mode="after")
+    def _carriers_consistent(self) -> "GatewayConfig":
+        carriers = self.carrier_names
+        if not carriers:
+            raise ValueError("configure at least one carrier ([kdniao] or [sf_express])")
+        rules = self.carrier_choice
+        ids = [s.id for s in rules.services]
+        if len(ids) != len(set(ids)):
+            raise ValueError("carrier_choice.services ids must be unique")
+        for service in rules.services:
+            if service.carrier not in carriers:
+                raise ValueError(f"service {service.id}: carrier {service.carrier} not configured")
+        for sid in rules.remote_services:
+            if sid not in ids:
+                raise ValueError(f"carrier_choice.remote_services: unknown service {sid}")
+        known = set(carriers) | set(ids)
+        for store in self.stores:
+            for name in store.prefer:
+                if name not in known:
+                    raise ValueError(f"store {store.id} prefers unknown carrier/service {name}")
+        return self
 
     @classmethod
     def load(cls, path: Path) -> "GatewayConfig":

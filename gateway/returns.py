@@ -80,6 +80,12 @@ def can_move(current: ReturnState, target: ReturnState) -> bool:
     return False
 
 
+def can_resume(current: ReturnState, target: ReturnState) -> bool:
+    """True when a return in ``exception`` may go back onto its journey at ``target`` (the
+    problem behind the exception was resolved). Refunding is never a resumption."""
+    return current is ReturnState.EXCEPTION and target in JOURNEY[:-1]
+
+
 class Transition(NamedTuple):
     """One return's move, for the history (and everything that follows from it)."""
 
@@ -120,9 +126,16 @@ async def current_state(tx: Transaction, return_id: str) -> ReturnState | None:
 
 
 async def move(
-    tx: Transaction, return_id: str, target: ReturnState, cause: Cause, **columns: object
+    tx: Transaction,
+    return_id: str,
+    target: ReturnState,
+    cause: Cause,
+    *,
+    resume: bool = False,
+    **columns: object,
 ) -> ReturnState:
-    """Move a return to ``target`` (setting ``columns`` too) and record why.
+    """Move a return to ``target`` (setting ``columns`` too) and record why. With ``resume``
+    the move takes a return out of ``exception`` instead (see :func:`can_resume`).
 
     Returns the state it left. Raises :class:`IllegalTransitionError` when the move is not
     allowed and ``KeyError`` when the return does not exist.
@@ -130,7 +143,8 @@ async def move(
     current = await current_state(tx, return_id)
     if current is None:
         raise KeyError(return_id)
-    if not can_move(current, target):
+    allowed = can_resume(current, target) if resume else can_move(current, target)
+    if not allowed:
         raise IllegalTransitionError(f"return {return_id}: {current} → {target}")
     assignments = "".join(f", {name} = ?" for name in columns)
     await tx.execute(

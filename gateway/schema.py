@@ -229,6 +229,51 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (store, device)
     )
     """,
+    # 4: carriers — the chosen service of a tote, shipments to track, the exception queue
+    """
+    ALTER TABLE totes ADD COLUMN service TEXT;
+    ALTER TABLE totes ADD COLUMN product TEXT;
+    ALTER TABLE totes ADD COLUMN choice TEXT;
+    CREATE TABLE shipments (
+        carrier TEXT NOT NULL,
+        waybill TEXT NOT NULL,
+        order_code TEXT NOT NULL,
+        product TEXT NOT NULL,
+        tote_id TEXT,
+        return_id TEXT,
+        booking_id TEXT,
+        state TEXT NOT NULL,
+        created_at DOUBLE PRECISION NOT NULL,
+        last_news_at DOUBLE PRECISION NOT NULL,
+        next_poll_at DOUBLE PRECISION NOT NULL,
+        polls BIGINT NOT NULL DEFAULT 0,
+        finished_at DOUBLE PRECISION,
+        PRIMARY KEY (carrier, waybill)
+    );
+    CREATE INDEX shipments_due ON shipments (next_poll_at) WHERE finished_at IS NULL;
+    CREATE INDEX shipments_tote ON shipments (tote_id);
+    CREATE INDEX shipments_return ON shipments (return_id);
+    CREATE TABLE carrier_exceptions (
+        id TEXT PRIMARY KEY,
+        subject TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        detail TEXT NOT NULL,
+        carrier TEXT,
+        waybill TEXT,
+        tote_id TEXT,
+        return_id TEXT,
+        carrier_state TEXT,
+        opened_at DOUBLE PRECISION NOT NULL,
+        updated_at DOUBLE PRECISION NOT NULL,
+        resolved_at DOUBLE PRECISION,
+        resolution TEXT,
+        resolved_by TEXT,
+        note TEXT
+    );
+    CREATE UNIQUE INDEX carrier_exceptions_one_open ON carrier_exceptions (subject)
+        WHERE resolved_at IS NULL;
+    CREATE INDEX carrier_exceptions_opened ON carrier_exceptions (opened_at);
+    """,
 ]
 
 

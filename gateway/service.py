@@ -11,12 +11,15 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from gateway import commands, consolidation, kiosk_flows
+from gateway import carrier_exceptions, commands, consolidation, kiosk_flows
 from gateway.api import make_app
+from gateway.carrier_choice import CarrierChooser
 from gateway.carriers.base import Carrier
 from gateway.carriers.kdniao import KdniaoCarrier
+from gateway.carriers.resilience import CircuitBreaker, Resilience, RetryPolicy
+from gateway.carriers.sf_express import SfExpressCarrier
 from gateway.commands import CommandDispatcher
-from gateway.config import GatewayConfig
+from gateway.config import BreakerSettings, GatewayConfig, RetrySettings
 from gateway.database import Database, open_database
 from gateway.dropoffs import DropoffDesk
 from gateway.faults import FaultLog
@@ -27,6 +30,7 @@ from gateway.payments.base import PaymentProvider
 from gateway.payments.stripe_like import StripeLikeRefunds
 from gateway.refunds import RefundDesk
 from gateway.shipping import ShippingDesk
+from gateway.tracking import TrackingDesk
 from protocol import envelope, topics
 from protocol.messages import Ack, StoreConfig
 
@@ -62,7 +66,10 @@ class Gateway:
         provider = self._make_payments(self._http)
         self.refunds = RefundDesk(self._db, provider, {})
         await self.refunds.recover_after_restart()
-        self.shipping = ShippingDesk(self._db, cfg, self.carriers, provider.name)
+        self.tracking = TrackingDesk(self._db, cfg.tracking, self.carriers, provider.name)
+        self.shipping = ShippingDesk(
+            self._db, cfg, self.carriers, CarrierChooser.from_config(cfg), self.tracking
+        )
         self.ingest = self._make_ingest(provider.name)
         self.dispatcher = CommandDispatcher(self._db)
         self.link = GatewayLink(
@@ -92,11 +99,30 @@ class Gateway:
         return ingest
 
     def _make_carriers(self, session: aiohttp.ClientSession) -> dict[str, Carrier]:
-        k = self.config.kdniao
-        kdniao = KdniaoCarrier(
-            k.base_url, k.ebusiness_id, k.app_key, session, timeout_s=k.timeout_s
-        )
-        return {kdniao.name: kdniao}
+        """The carrier adapters the configuration names (the one place they are chosen)."""
+        carriers: dict[str, Carrier] = {}
+        if (k := self.config.kdniao) is not None:
+            carriers["kdniao"] = KdniaoCarrier(
+                k.base_url,
+                k.ebusiness_id,
+                k.app_key,
+                session,
+                shipper_code=k.default_shipper_code,
+                timeout_s=k.timeout_s,
+                resilience=_resilience("kdniao", k.retry, k.breaker),
+            )
+        if (sf := self.config.sf_express) is not None:
+            carriers["sf"] = SfExpressCarrier(
+                sf.base_url,
+                sf.partner_id,
+                sf.checkword,
+                session,
+                monthly_card=sf.monthly_card,
+                express_type=sf.default_express_type,
+                timeout_s=sf.timeout_s,
+                resilience=_resilience("sf", sf.retry, sf.breaker),
+            )
+        return carriers
 
     def _make_payments(self, session: aiohttp.ClientSession) -> PaymentProvider:
         s = self.config.stripe
@@ -250,6 +276,7 @@ class Gateway:
         await self.ingest.release_stale_gaps(self.config.seq_gap_timeout_s)
         await self.shipping.book_due()
         await kiosk_flows.sync_due(self.db)
+        await self.tracking.poll_due()
         await self._dispatch_commands()
         await self.refunds.process_due()
 
@@ -322,11 +349,37 @@ class Gateway:
             "rejected_scans": dict(self.faults.rejected_scans),
             "totes_booked": self.shipping.booked,
             "booking_failures": self.shipping.booking_failures,
+            "booking_rejections": self.shipping.booking_rejections,
+            "tracking_applied": self.tracking.applied,
+            "tracking_duplicates": self.tracking.duplicates,
+            "tracking_unknown_waybills": self.tracking.unknown_waybills,
+            "tracking_polls": self.tracking.polls,
+            "tracking_poll_failures": self.tracking.poll_failures,
+            "exceptions_opened": self.tracking.exceptions_opened,
+            "exceptions_open": await carrier_exceptions.open_count(self.db),
+            "carriers": {
+                name: {
+                    "circuit": c.breaker.state.value,
+                    "consecutive_failures": c.breaker.consecutive_failures,
+                    "times_opened": c.breaker.times_opened,
+                    "calls_refused": c.breaker.calls_refused,
+                }
+                for name, c in self.carriers.items()
+            },
             "refunds_issued": self.refunds.issued,
             "refunds_reconciled": self.refunds.reconciled,
             "commands_sent": self.dispatcher.sent,
             **self.metrics,
         }
+
+
+def _resilience(carrier: str, retry: RetrySettings, breaker: BreakerSettings) -> Resilience:
+    return Resilience(
+        CircuitBreaker(
+            carrier, failure_threshold=breaker.failure_threshold, cooldown_s=breaker.cooldown_s
+        ),
+        RetryPolicy(retry.attempts, retry.base_s, retry.max_s, retry.max_retry_after_s),
+    )
 
 
 def _return_json(

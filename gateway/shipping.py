@@ -1,4 +1,12 @@
-"""Booking closed totes with a carrier and following their tracking (DESIGN §2 flows 5–6)."""
+"""Booking closed totes with a carrier (DESIGN §2 flow 5).
+
+For each closed tote the desk chooses a carrier service by rules (once: the choice is stored
+with the tote, so a retry never books a second carrier), creates the shipment with the tote id
+as the order code, books the courier's pickup, subscribes to tracking, and — in one
+transaction — records the booking, starts tracking the shipment and queues the label and
+collection commands for the store's kiosks. Failures that decided nothing are retried with
+backoff; a carrier's refusal goes to the exception queue.
+"""
 
 import logging
 import time
@@ -6,21 +14,22 @@ from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from gateway import carrier_exceptions as queue
 from gateway import commands
+from gateway.carrier_choice import CarrierChoice, CarrierChooser, ChoiceRequest, NoCarrierError
+from gateway.carrier_exceptions import Reason, Subject
 from gateway.carriers.base import (
     Address,
     Carrier,
     CarrierError,
+    CarrierRejected,
     Parcel,
+    PickupBooking,
     ShipmentRequest,
-    TrackingState,
-    TrackingUpdate,
 )
-from gateway.config import AddressSettings, GatewayConfig, RefundPolicy
+from gateway.config import AddressSettings, GatewayConfig
 from gateway.database import Database, Transaction
-from gateway.refunds import complete_if_done, policy_of
-from gateway.refunds import request as request_refund
-from gateway.returns import Cause, CauseKind, IllegalTransitionError, ReturnState, move
+from gateway.tracking import TrackingDesk, register_shipment
 from protocol.ids import new_id
 from protocol.messages import CollectParcels, ManifestLine, PrintLabel
 
@@ -30,40 +39,31 @@ BOOKING_RETRY_BASE_S = 2.0
 BOOKING_RETRY_MAX_S = 600.0
 LABEL_COMMAND_TTL_S = 6 * 3600
 
-TRACKING_TO_RETURN: dict[TrackingState, ReturnState] = {
-    TrackingState.COLLECTED: ReturnState.SHIPPED,
-    TrackingState.IN_TRANSIT: ReturnState.IN_TRANSIT,
-    TrackingState.FORWARDED: ReturnState.IN_TRANSIT,
-    TrackingState.CUSTOMS: ReturnState.IN_TRANSIT,
-    TrackingState.SIGNED: ReturnState.RECEIVED,
-    TrackingState.PROBLEM: ReturnState.EXCEPTION,
-}
-
 
 def _address(a: AddressSettings) -> Address:
     return Address(a.name, a.phone, a.province, a.city, a.district, a.street)
 
 
 class ShippingDesk:
-    """Books closed totes and applies tracking updates to the returns inside them."""
+    """Books closed totes; the tracking desk follows them afterwards."""
 
     def __init__(
         self,
         db: Database,
         config: GatewayConfig,
         carriers: Mapping[str, Carrier],
-        refund_provider: str,
+        chooser: CarrierChooser,
+        tracking: TrackingDesk,
     ) -> None:
         self._db = db
         self._config = config
         self._carriers = carriers
+        self._chooser = chooser
+        self._tracking = tracking
         self._stores = {s.id: s for s in config.stores}
-        self._refund_provider = refund_provider
         self.booked = 0
         self.booking_failures = 0
-        self.tracking_applied = 0
-
-    # ---- booking ------------------------------------------------------------------------
+        self.booking_rejections = 0
 
     async def book_due(self) -> int:
         """Book every closed tote that is due; returns how many were booked now."""
@@ -77,12 +77,42 @@ class ShippingDesk:
             try:
                 await self._book(str(tote_id), str(store), int(count), float(weight_kg))
                 booked += 1
+            except (CarrierRejected, NoCarrierError) as exc:
+                await self._rejected(str(tote_id), exc)
             except CarrierError as exc:
                 await self._booking_failed(str(tote_id), int(attempts), exc)
         return booked
 
+    async def _choice(self, tote_id: str, store: str, weight_kg: float) -> tuple[str, str, str]:
+        """The tote's (service, carrier, product): the stored choice, or a new one."""
+        row = await self._db.fetchone(
+            "SELECT service, carrier, product FROM totes WHERE id = ?", (tote_id,)
+        )
+        if row is not None and row[0] is not None and str(row[1]) in self._carriers:
+            return str(row[0]), str(row[1]), str(row[2])
+        settings = self._stores[store]
+        choice = self._chooser.choose(
+            ChoiceRequest(
+                origin_province=settings.address.province,
+                destination_province=self._config.warehouse.province,
+                weight_kg=weight_kg,
+                prefer=tuple(settings.prefer),
+            ),
+            unavailable={name for name, c in self._carriers.items() if c.breaker.is_open},
+        )
+        await self._store_choice(tote_id, choice)
+        return choice.service, choice.carrier, choice.product
+
+    async def _store_choice(self, tote_id: str, choice: CarrierChoice) -> None:
+        log.info("tote %s: %s (%s)", tote_id, choice.service, choice.explain())
+        async with self._db.transaction() as tx:
+            await tx.execute(
+                "UPDATE totes SET service = ?, carrier = ?, product = ?, choice = ? WHERE id = ?",
+                (choice.service, choice.carrier, choice.product, choice.explain(), tote_id),
+            )
+
     def _shipment_request(
-        self, tote_id: str, store: str, count: int, weight_kg: float
+        self, tote_id: str, store: str, count: int, weight_kg: float, product: str
     ) -> ShipmentRequest:
         start = datetime.now(UTC) + timedelta(hours=1)
         return ShipmentRequest(
@@ -96,32 +126,44 @@ class ShippingDesk:
             ),
             pickup_start=start,
             pickup_end=start + timedelta(hours=2),
+            product=product,
         )
 
     async def _book(self, tote_id: str, store: str, count: int, weight_kg: float) -> None:
-        carrier = self._carriers[self._stores[store].carrier]
-        req = self._shipment_request(tote_id, store, count, weight_kg)
+        service, carrier_name, product = await self._choice(tote_id, store, weight_kg)
+        carrier = self._carriers[carrier_name]
+        req = self._shipment_request(tote_id, store, count, weight_kg, product)
         shipment = await carrier.create_shipment(req)
+        async with self._db.transaction() as tx:
+            # Tracked from the moment the waybill exists: pushes can come before we are done.
+            await register_shipment(
+                tx, shipment, quiet_after_s=self._tracking.settings.quiet_after_s, tote_id=tote_id
+            )
         booking = await carrier.book_pickup(shipment, req)
         await carrier.subscribe(shipment)
         async with self._db.transaction() as tx:
-            await tx.execute(
-                "UPDATE totes SET state = 'booked', carrier = ?, waybill = ?, pickup_start = ?, "
+            changed = await tx.execute(
+                "UPDATE totes SET state = 'booked', waybill = ?, pickup_start = ?, "
                 "pickup_end = ?, last_error = NULL WHERE id = ? AND state = 'closed'",
                 (
-                    carrier.name,
                     shipment.waybill,
                     booking.window_start.timestamp(),
                     booking.window_end.timestamp(),
                     tote_id,
                 ),
             )
-            await self._queue_label(tx, tote_id, store, carrier.name, shipment.waybill, booking)
+            if not changed:
+                return
+            await tx.execute(
+                "UPDATE shipments SET booking_id = ? WHERE carrier = ? AND waybill = ?",
+                (booking.booking_id, shipment.carrier, shipment.waybill),
+            )
+            await self._queue_label(tx, tote_id, store, service, booking)
         self.booked += 1
-        log.info("tote %s booked with %s, waybill %s", tote_id, carrier.name, shipment.waybill)
+        log.info("tote %s booked with %s, waybill %s", tote_id, service, shipment.waybill)
 
     async def _queue_label(
-        self, tx: Transaction, tote_id: str, store: str, carrier: str, waybill: str, booking: object
+        self, tx: Transaction, tote_id: str, store: str, service: str, booking: PickupBooking
     ) -> None:
         rows = await tx.fetchall(
             "SELECT r.id, r.merchant, r.size, r.device FROM returns r WHERE r.tote_id = ? "
@@ -132,17 +174,15 @@ class ShippingDesk:
             return
         device = str(rows[-1][3])  # the kiosk the latest parcel went into prints the label
         await self._queue_collection(tx, tote_id, store, rows)
-        window_start = getattr(booking, "window_start", None)
-        window_end = getattr(booking, "window_end", None)
         command_id = new_id()
         body = PrintLabel(
             command_id=command_id,
             expires_at=time.time() + LABEL_COMMAND_TTL_S,
             tote_id=tote_id,
-            carrier=carrier,
-            waybill=waybill,
-            pickup_start=window_start.timestamp() if window_start else None,
-            pickup_end=window_end.timestamp() if window_end else None,
+            carrier=service,
+            waybill=booking.waybill,
+            pickup_start=booking.window_start.timestamp(),
+            pickup_end=booking.window_end.timestamp(),
             manifest=[ManifestLine(return_id=r[0], merchant=r[1], size=r[2]) for r in rows],
         )
         await commands.enqueue(tx, store=store, device=device, command_id=command_id, body=body)
@@ -175,59 +215,23 @@ class ShippingDesk:
                 (time.time() + delay, f"{type(exc).__name__}: {exc}", tote_id),
             )
 
-    # ---- tracking -----------------------------------------------------------------------
-
-    async def apply_tracking(self, updates: list[TrackingUpdate], cause_id: str) -> int:
-        """Record tracking updates (duplicates do nothing) and move the totes' returns."""
-        applied = 0
+    async def _rejected(self, tote_id: str, exc: CarrierRejected | NoCarrierError) -> None:
+        """Retrying cannot help: the tote waits in the exception queue for a person."""
+        self.booking_rejections += 1
+        carrier = exc.carrier if isinstance(exc, CarrierError) else None
+        detail = f"{type(exc).__name__}: {exc}"
+        log.error("booking tote %s refused: %s", tote_id, detail)
         async with self._db.transaction() as tx:
-            for update in updates:
-                if await self._apply_one(tx, update, cause_id):
-                    applied += 1
-        self.tracking_applied += applied
-        return applied
-
-    async def _apply_one(self, tx: Transaction, update: TrackingUpdate, cause_id: str) -> bool:
-        inserted = await tx.execute(
-            "INSERT INTO tracking (carrier, waybill, state, carrier_state, at, detail, "
-            "received_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-            (
-                update.carrier,
-                update.waybill,
-                update.state.value,
-                update.carrier_state,
-                update.at.timestamp(),
-                update.detail,
-                time.time(),
-            ),
-        )
-        target = TRACKING_TO_RETURN.get(update.state)
-        if not inserted or target is None:
-            return False
-        row = await tx.fetchone(
-            "SELECT id FROM totes WHERE carrier = ? AND waybill = ?",
-            (update.carrier, update.waybill),
-        )
-        if row is None:
-            log.warning("tracking for unknown waybill %s/%s", update.carrier, update.waybill)
-            return False
-        tote_id = str(row[0])
-        await tx.execute("UPDATE totes SET state = ? WHERE id = ?", (target.value, tote_id))
-        returns = await tx.fetchall("SELECT id FROM returns WHERE tote_id = ?", (tote_id,))
-        cause = Cause(CauseKind.TRACKING, cause_id)
-        for (return_id,) in returns:
-            await self._move_return(tx, str(return_id), target, cause)
-        return True
-
-    async def _move_return(
-        self, tx: Transaction, return_id: str, target: ReturnState, cause: Cause
-    ) -> None:
-        try:
-            await move(tx, return_id, target, cause)
-        except IllegalTransitionError:
-            return  # a late or repeated update: the return is already past it
-        if target is not ReturnState.RECEIVED:
-            return
-        if await policy_of(tx, return_id) is RefundPolicy.ON_RECEIPT:
-            await request_refund(tx, return_id, self._refund_provider)
-        await complete_if_done(tx, return_id, cause)
+            await tx.execute(
+                "UPDATE totes SET state = 'exception', booking_attempts = booking_attempts + 1, "
+                "last_error = ? WHERE id = ? AND state = 'closed'",
+                (detail, tote_id),
+            )
+            # A waybill made before the refusal will not travel: stop following it.
+            await tx.execute(
+                "UPDATE shipments SET finished_at = ? WHERE tote_id = ? AND finished_at IS NULL",
+                (time.time(), tote_id),
+            )
+            await queue.open_exception(
+                tx, Subject.tote(tote_id, carrier), Reason.BOOKING_REJECTED, detail
+            )

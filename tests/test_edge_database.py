@@ -1,6 +1,7 @@
 """The kiosk's SQLite file: outbox order and atomicity, used vouchers, compartments, commands."""
 
 import sqlite3
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -11,12 +12,13 @@ from protocol.sizes import SizeClass
 
 
 @pytest.fixture
-async def db(tmp_path: Path) -> EdgeDatabase:
+async def db(tmp_path: Path) -> AsyncIterator[EdgeDatabase]:
     database = await EdgeDatabase.open(tmp_path / "edge.sqlite3")
     await database.sync_compartments(
         [("A1", SizeClass.S), ("A2", SizeClass.M), ("A3", SizeClass.L)]
     )
-    return database
+    yield database
+    await database.close()
 
 
 async def test_wal_mode(db: EdgeDatabase, tmp_path: Path) -> None:
