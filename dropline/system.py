@@ -22,6 +22,7 @@ from edge.config import BrokerSettings as EdgeBrokerSettings
 from edge.config import CompartmentPins, EdgeConfig, IndicatorSettings, ScreenSettings, Timeouts
 from gateway.config import (
     AddressSettings,
+    BackoffSettings,
     BreakerSettings,
     BrokerSettings,
     CarrierChoiceRules,
@@ -30,21 +31,30 @@ from gateway.config import (
     GatewayConfig,
     KdniaoSettings,
     MerchantSettings,
+    MerchantSystemSettings,
+    NotificationSettings,
     RateZone,
     RefundPolicy,
     RetrySettings,
     SfExpressSettings,
+    SmsWebhookSettings,
+    SmtpSettings,
     StoreSettings,
     StripeSettings,
     TrackingSettings,
+    WebhookSettings,
 )
 from gateway.service import Gateway
 from protocol.sizes import SizeClass
 from simulator.carrier_http import CarrierKnobs
+from simulator.duplicates import EventDuplicator, PushDuplicator
 from simulator.kdniao import KdniaoSimulator
 from simulator.kiosk import SimulatedKiosk, build_kiosk
+from simulator.merchant_system import MerchantKnobs, MerchantSystemSimulator
 from simulator.payments import PaymentKnobs, PaymentsSimulator
 from simulator.sf_express import SfExpressSimulator
+from simulator.sms import SmsGatewaySimulator
+from simulator.smtp import SmtpServerSimulator
 
 log = logging.getLogger(__name__)
 
@@ -144,6 +154,13 @@ class SystemOptions:
     screen: bool = True
     door_close_s: float = 5.0
     left_open_give_up_s: float = 30.0
+    refund_provider: Literal["stripe", "merchant_system"] = "stripe"
+    merchant_knobs: MerchantKnobs = field(default_factory=MerchantKnobs)
+    review_above_minor: int | None = None
+    webhook_retry: BackoffSettings = field(
+        default_factory=lambda: BackoffSettings(base_s=0.2, max_s=5.0, max_attempts=10)
+    )
+    duplicate_deliveries: bool = False  # every kiosk event and carrier push arrives twice
 
 
 Kiosk = SimulatedKiosk
@@ -164,6 +181,11 @@ class LocalSystem:
         self.kdniao: KdniaoSimulator | None = None
         self.sf: SfExpressSimulator | None = None
         self.payments: PaymentsSimulator | None = None
+        self.merchant_system: MerchantSystemSimulator | None = None
+        self.sms: SmsGatewaySimulator | None = None
+        self.smtp: SmtpServerSimulator | None = None
+        self.event_duplicator: EventDuplicator | None = None
+        self.push_duplicators: list[PushDuplicator] = []
 
     # ---- life cycle ---------------------------------------------------------------------
 
@@ -176,8 +198,12 @@ class LocalSystem:
             api_key, webhook_secret=secrets.token_hex(16), knobs=opts.payment_knobs
         )
         payments_url = await self.payments.start()
+        outside = await self._start_merchant_side()
         gateway_port = free_port()
         pushes = f"http://127.0.0.1:{gateway_port}/v1/carriers"
+        if opts.duplicate_deliveries:
+            self.event_duplicator = EventDuplicator(self.broker.port)
+            await self.event_duplicator.start()
         kdniao = KdniaoSettings(
             base_url="", ebusiness_id="1234567", app_key=secrets.token_hex(16),
             timeout_s=opts.carrier_timeout_s, retry=opts.carrier_retry,
@@ -186,7 +212,7 @@ class LocalSystem:
         self.kdniao = KdniaoSimulator(
             kdniao.ebusiness_id,
             kdniao.app_key,
-            push_url=f"{pushes}/kdniao/push",
+            push_url=await self._push_url(f"{pushes}/kdniao/push"),
             push_delays_s=opts.tracking_delays_s,
             knobs=opts.carrier_knobs,
         )
@@ -199,20 +225,90 @@ class LocalSystem:
         self.sf = SfExpressSimulator(
             sf.partner_id,
             sf.checkword,
-            push_url=f"{pushes}/sf/push",
+            push_url=await self._push_url(f"{pushes}/sf/push"),
             push_delays_s=opts.tracking_delays_s,
             knobs=opts.sf_knobs,
         )
         sf = sf.model_copy(update={"base_url": await self.sf.start()})
-        self.gateway = Gateway(
-            self._gateway_config(gateway_port, kdniao, sf, payments_url, api_key)
-        )
+        config = self._gateway_config(gateway_port, kdniao, sf, payments_url, api_key)
+        self.gateway = Gateway(config.model_copy(update=outside))
         await self.gateway.start()
         self._http = aiohttp.ClientSession(base_url=self.gateway.url)
+        await self._register_webhooks()
         for store in self.store_ids:
             for k in range(opts.kiosks_per_store):
                 self.kiosks.append(await self._start_kiosk(store, f"kiosk-{k + 1}"))
         await asyncio.gather(*(k.agent.config_ready.wait() for k in self.kiosks))
+
+    async def _push_url(self, url: str) -> str:
+        """Where a carrier simulator pushes tracking: the gateway, or a relay that delivers
+        every push twice at once (``duplicate_deliveries``)."""
+        if not self.options.duplicate_deliveries:
+            return url
+        relay = PushDuplicator(url)
+        self.push_duplicators.append(relay)
+        return await relay.start()
+
+    async def _start_merchant_side(self) -> dict[str, Any]:
+        """The merchant's own system, the SMS gateway and the mail server; returns the
+        gateway settings that point at them."""
+        opts = self.options
+        refund_secret = secrets.token_hex(16)
+        self.merchant_system = MerchantSystemSimulator(refund_secret, knobs=opts.merchant_knobs)
+        merchant_url = await self.merchant_system.start()
+        sms_secret = secrets.token_hex(16)
+        self.sms = SmsGatewaySimulator(sms_secret)
+        sms_url = await self.sms.start()
+        self.smtp = SmtpServerSimulator()
+        smtp_port = await self.smtp.start()
+        merchant = MerchantSettings(
+            id=self.merchant,
+            name="ACME Shop",
+            refund_policy=opts.refund_policy,
+            refund_provider=opts.refund_provider,
+            merchant_system=MerchantSystemSettings(
+                url=merchant_url, secret=refund_secret, timeout_s=opts.payment_timeout_s
+            ),
+            review_above_minor=opts.review_above_minor,
+        )
+        return {
+            "merchants": [merchant],
+            "webhooks": WebhookSettings(timeout_s=5.0, retry=opts.webhook_retry),
+            "notifications": NotificationSettings(
+                smtp=SmtpSettings(port=smtp_port),
+                sms=SmsWebhookSettings(url=sms_url, secret=sms_secret),
+                retry=BackoffSettings(base_s=0.2, max_s=5.0, max_attempts=8),
+            ),
+        }
+
+    async def _register_webhooks(self) -> None:
+        """The merchant registers its webhook receiver through the REST API."""
+        assert self.merchant_system is not None
+        url = f"{self.merchant_system_url}/webhooks"
+        async with self.http.post(
+            f"/v1/merchants/{self.merchant}/webhook-endpoints", json={"url": url}
+        ) as resp:
+            data = await resp.json()
+            if resp.status != 201:
+                raise RuntimeError(f"registering the webhook endpoint failed: {data}")
+        self.merchant_system.webhook_secrets = [data["secret"]]
+
+    @property
+    def merchant_system_url(self) -> str:
+        """The simulated merchant system's base URL."""
+        assert self.gateway is not None
+        ms = self.gateway.config.merchants[0].merchant_system
+        assert ms is not None
+        return ms.url
+
+    def refunds_paid(self, return_id: str) -> int:
+        """How many refunds the provider that pays this merchant made for a return, counted
+        at the simulated provider."""
+        if self.options.refund_provider == "merchant_system":
+            assert self.merchant_system is not None
+            return self.merchant_system.refund_count(return_id)
+        assert self.payments is not None
+        return self.payments.refund_count(return_id)
 
     @property
     def store_ids(self) -> list[str]:
@@ -327,6 +423,10 @@ class LocalSystem:
                 await carrier.stop()
         if self.payments is not None:
             await self.payments.stop()
+        for part in (self.merchant_system, self.sms, self.smtp, *self.push_duplicators,
+                     self.event_duplicator):  # fmt: skip
+            if part is not None:
+                await part.stop()
         await self.broker.stop()
 
     # ---- the merchant's side ------------------------------------------------------------
@@ -347,7 +447,11 @@ class LocalSystem:
             "items": [{"sku": f"SKU-{n % 7}", "name": "T-shirt", "quantity": 1 + n % 2}],
             "reason": ["too small", "damaged", "changed mind"][n % 3],
             "refund": {"amount_minor": 1999 + n, "currency": "CNY"},
-            "customer": {"name": f"Shopper {n}", "email": f"shopper{n}@example.test"},
+            "customer": {
+                "name": f"Shopper {n}",
+                "email": f"shopper{n}@example.test",
+                "phone": f"+86138{n:08d}",
+            },
             "size": ["S", "M", "L"][n % 3],
             "stores": [store] if store else [],
         }

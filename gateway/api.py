@@ -10,7 +10,7 @@ import segno
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from gateway import carrier_exceptions
+from gateway import carrier_exceptions, outbound_api
 from gateway.authorization import (
     ReturnRequest,
     UnknownMerchantError,
@@ -285,4 +285,5 @@ def make_app(gateway: "Gateway") -> web.Application:
     app.router.add_get("/v1/health", health)
     app.router.add_get("/v1/metrics", metrics)
     kiosk_api.add_routes(app)
+    outbound_api.add_routes(app, gateway)  # webhooks, refund review, notifications
     return app

@@ -25,6 +25,16 @@ class RefundPolicy(StrEnum):
     MANUAL = "manual"
 
 
+class MerchantSystemSettings(_Model):
+    """A merchant's own refund system, asked by signed webhook (``gateway/payments/
+    merchant_system.py`` documents the exchange)."""
+
+    url: str
+    """Base URL: refunds are ``POST {url}/refunds``, looked up at ``GET {url}/refunds/{id}``."""
+    secret: str = Field(min_length=16)
+    timeout_s: float = 5.0
+
+
 class MerchantSettings(_Model):
     """A merchant the gateway serves."""
 
@@ -32,6 +42,17 @@ class MerchantSettings(_Model):
     name: str
     refund_policy: RefundPolicy = RefundPolicy.ON_RECEIPT
     currency: str = "CNY"
+    refund_provider: Literal["stripe", "merchant_system"] = "stripe"
+    """Who pays refunds out: the shared Stripe-style account, or the merchant's own system."""
+    merchant_system: MerchantSystemSettings | None = None
+    review_above_minor: int | None = Field(default=None, ge=0)
+    """Refunds above this amount wait for a person's approval whatever the policy."""
+
+    @model_validator(mode="after")
+    def _provider_configured(self) -> "MerchantSettings":
+        if self.refund_provider == "merchant_system" and self.merchant_system is None:
+            raise ValueError("refund_provider merchant_system needs merchant_system settings")
+        return self
 
 
 class AddressSettings(_Model):
@@ -194,6 +215,58 @@ class StripeSettings(_Model):
     timeout_s: float = 5.0
 
 
+class BackoffSettings(_Model):
+    """Exponential backoff with jitter, up to a number of attempts."""
+
+    base_s: float = Field(default=2.0, gt=0)
+    max_s: float = Field(default=3600.0, gt=0)
+    max_attempts: int = Field(default=10, ge=1)
+
+
+class WebhookSettings(_Model):
+    """Outgoing merchant webhooks."""
+
+    timeout_s: float = Field(default=10.0, gt=0)
+    retry: BackoffSettings = BackoffSettings()
+    concurrency: int = Field(default=16, ge=1)
+    batch: int = Field(default=200, ge=1)
+    lease_s: float = Field(default=60.0, gt=0)
+    """A claimed delivery becomes due again after this long if its worker died."""
+    rotation_grace_s: float = Field(default=86_400.0, ge=0)
+    """After a secret rotation, deliveries carry a signature with the old secret this long."""
+
+
+class SmtpSettings(_Model):
+    """The mail server customer e-mails go through."""
+
+    host: str = "127.0.0.1"
+    port: int = 25
+    sender: str = "Dropline Returns <returns@dropline.invalid>"
+    username: str | None = None
+    password: str | None = None
+    start_tls: bool = False
+    use_tls: bool = False
+    timeout_s: float = 10.0
+
+
+class SmsWebhookSettings(_Model):
+    """A generic SMS / WeCom-style gateway reached by signed JSON webhook."""
+
+    url: str
+    secret: str = Field(min_length=16)
+    timeout_s: float = 5.0
+
+
+class NotificationSettings(_Model):
+    """Customer messages and the channels they go through (none configured: none sent)."""
+
+    smtp: SmtpSettings | None = None
+    sms: SmsWebhookSettings | None = None
+    retry: BackoffSettings = BackoffSettings(base_s=5.0, max_attempts=8)
+    concurrency: int = Field(default=8, ge=1)
+    lease_s: float = Field(default=120.0, gt=0)
+
+
 class BrokerSettings(_Model):
     """Where the MQTT broker is."""
 
@@ -221,6 +294,7 @@ class GatewayConfig(_Model):
     http_host: str = "127.0.0.1"
     http_port: int = 8080
     public_url: str | None = None
+    """Where outside systems reach this gateway (callbacks, links); default: host and port."""
     broker: BrokerSettings = BrokerSettings()
     merchants: list[MerchantSettings]
     stores: list[StoreSettings]
@@ -231,6 +305,8 @@ class GatewayConfig(_Model):
     carrier_choice: CarrierChoiceRules = CarrierChoiceRules()
     tracking: TrackingSettings = TrackingSettings()
     stripe: StripeSettings
+    webhooks: WebhookSettings = WebhookSettings()
+    notifications: NotificationSettings = NotificationSettings()
     voucher_ttl_s: int = 14 * 86_400
     tick_s: float = 1.0
     ingest_batch: int = Field(default=500, ge=1, le=2000)
@@ -265,6 +341,11 @@ class GatewayConfig(_Model):
                 if name not in known:
                     raise ValueError(f"store {store.id} prefers unknown carrier/service {name}")
         return self
+
+    @property
+    def base_url(self) -> str:
+        """The gateway's URL as outside systems see it."""
+        return (self.public_url or f"http://{self.http_host}:{self.http_port}").rstrip("/")
 
     @classmethod
     def load(cls, path: Path) -> "GatewayConfig":

@@ -13,8 +13,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from gateway import consolidation, refunds
-from gateway.config import ConsolidationRules, RefundPolicy
+from gateway import consolidation
+from gateway.config import ConsolidationRules
 from gateway.consolidation import Parcel
 from gateway.database import Transaction, placeholders
 from gateway.returns import (
@@ -42,11 +42,10 @@ AUTHORIZED, DROPPED_OFF, IN_TOTE = (
 class _Return:
     """A return as the batch sees it: its state moves as the batch's events apply."""
 
-    __slots__ = ("amount_minor", "currency", "policy", "size", "state")
+    __slots__ = ("size", "state")
 
-    def __init__(self, state: str, policy: str, size: str, amount_minor: int, currency: str):
-        self.state, self.policy, self.size = state, policy, size
-        self.amount_minor, self.currency = amount_minor, currency
+    def __init__(self, state: str, size: str) -> None:
+        self.state, self.size = state, size
 
 
 @dataclass
@@ -61,9 +60,8 @@ class DropoffStats:
 class DropoffDesk:
     """The ``dropoff`` event handler."""
 
-    def __init__(self, rules: ConsolidationRules, refund_provider: str) -> None:
+    def __init__(self, rules: ConsolidationRules) -> None:
         self._rules = rules
-        self._refund_provider = refund_provider
         self.stats = DropoffStats()
 
     async def apply(self, tx: Transaction, events: Sequence[Envelope[Any]]) -> bool:
@@ -109,7 +107,6 @@ class DropoffDesk:
         now = time.time()
         updates = []
         transitions: list[Transition] = []
-        refunds_due: list[tuple[str, int, str]] = []
         for e in events:
             rid = e.body.return_id
             tote_id = tote_of[rid]
@@ -118,16 +115,12 @@ class DropoffDesk:
                 Transition(rid, AUTHORIZED, DROPPED_OFF, Cause(CauseKind.EVENT, str(e.id))),
                 Transition(rid, DROPPED_OFF, IN_TOTE, Cause(CauseKind.CONSOLIDATION, tote_id)),
             )
-            found = returns[rid]
-            if found.policy == RefundPolicy.ON_DROPOFF:
-                refunds_due.append((rid, found.amount_minor, found.currency))
         await tx.executemany(
             "UPDATE returns SET state = ?, store = ?, device = ?, tote_id = ?, updated_at = ? "
             "WHERE id = ?",
             updates,
         )
         await record_transitions(tx, transitions)
-        await refunds.request_many(tx, refunds_due, self._refund_provider)
         self.stats.accepted += len(events)
 
     async def _to_exception(self, tx: Transaction, surprises: list[Transition]) -> None:
@@ -170,11 +163,10 @@ async def _lock_returns(tx: Transaction, return_ids: list[str]) -> dict[str, _Re
     for start in range(0, len(return_ids), 500):
         chunk = return_ids[start : start + 500]
         rows = await tx.fetchall(
-            "SELECT r.id, r.state, m.refund_policy, r.size, r.amount_minor, r.currency "
-            "FROM returns r JOIN merchants m ON m.id = r.merchant "
+            "SELECT r.id, r.state, r.size FROM returns r "
             f"WHERE r.id IN ({placeholders(len(chunk))}) ORDER BY r.id" + tx.for_update(of="r"),
             chunk,
         )
-        for rid, state, policy, size, amount, currency in rows:
-            found[rid] = _Return(state, policy, size, amount, currency)
+        for rid, state, size in rows:
+            found[rid] = _Return(state, size)
     return found

@@ -96,7 +96,8 @@ class Transition(NamedTuple):
 
 
 async def record_transitions(tx: Transaction, transitions: Sequence[Transition]) -> None:
-    """Write the history lines of moves already applied to the ``returns`` rows."""
+    """Write the history lines of moves already applied to the ``returns`` rows, and queue
+    what follows from them (webhooks, customer messages, refunds) in the same transaction."""
     now = time.time()
     await tx.executemany(
         "INSERT INTO return_history (return_id, from_state, to_state, cause_kind, cause_id, at) "
@@ -107,6 +108,11 @@ async def record_transitions(tx: Transaction, transitions: Sequence[Transition])
             for t in transitions
         ],
     )
+    # The one hook on the state machine: webhooks, customer messages and the refund policy
+    # follow from the transitions in this same transaction (gateway/return_events.py).
+    from gateway.return_events import on_transitions  # it builds on this module
+
+    await on_transitions(tx, transitions)
 
 
 async def record_creation(

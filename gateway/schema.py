@@ -274,6 +274,90 @@ MIGRATIONS: list[str] = [
         WHERE resolved_at IS NULL;
     CREATE INDEX carrier_exceptions_opened ON carrier_exceptions (opened_at);
     """,
+    # 5: refunds per merchant policy and provider, outgoing webhooks, customer notifications
+    """
+    CREATE TABLE refund_settings (
+        merchant TEXT PRIMARY KEY,
+        provider TEXT NOT NULL,
+        review_above_minor BIGINT
+    );
+    ALTER TABLE refunds ADD COLUMN claim TEXT;
+    ALTER TABLE refunds ADD COLUMN review_reason TEXT;
+    ALTER TABLE refunds ADD COLUMN decided_by TEXT;
+    ALTER TABLE refunds ADD COLUMN decided_at DOUBLE PRECISION;
+    CREATE INDEX refunds_due ON refunds (status, next_attempt_at);
+    CREATE TABLE return_flags (
+        return_id TEXT NOT NULL REFERENCES returns (id),
+        flag TEXT NOT NULL,
+        note TEXT NOT NULL,
+        source TEXT NOT NULL,
+        at DOUBLE PRECISION NOT NULL,
+        PRIMARY KEY (return_id, flag)
+    );
+    CREATE TABLE webhook_endpoints (
+        id TEXT PRIMARY KEY,
+        merchant TEXT NOT NULL,
+        url TEXT NOT NULL,
+        events TEXT NOT NULL,
+        secret TEXT NOT NULL,
+        previous_secret TEXT,
+        previous_secret_until DOUBLE PRECISION,
+        active BIGINT NOT NULL,
+        created_at DOUBLE PRECISION NOT NULL
+    );
+    CREATE INDEX webhook_endpoints_merchant ON webhook_endpoints (merchant);
+    CREATE TABLE webhook_events (
+        id TEXT PRIMARY KEY,
+        merchant TEXT NOT NULL,
+        type TEXT NOT NULL,
+        dedupe_key TEXT NOT NULL UNIQUE,
+        body TEXT NOT NULL,
+        created_at DOUBLE PRECISION NOT NULL
+    );
+    CREATE TABLE webhook_deliveries (
+        id TEXT PRIMARY KEY,
+        event_id TEXT NOT NULL REFERENCES webhook_events (id),
+        endpoint_id TEXT NOT NULL REFERENCES webhook_endpoints (id),
+        merchant TEXT NOT NULL,
+        status TEXT NOT NULL,
+        attempts BIGINT NOT NULL DEFAULT 0,
+        next_attempt_at DOUBLE PRECISION NOT NULL,
+        claim TEXT,
+        last_status_code BIGINT,
+        last_error TEXT,
+        created_at DOUBLE PRECISION NOT NULL,
+        delivered_at DOUBLE PRECISION
+    );
+    CREATE INDEX webhook_deliveries_due ON webhook_deliveries (status, next_attempt_at);
+    CREATE INDEX webhook_deliveries_merchant ON webhook_deliveries (merchant, created_at);
+    CREATE TABLE webhook_attempts (
+        id AUTO_ID,
+        delivery_id TEXT NOT NULL REFERENCES webhook_deliveries (id),
+        attempt BIGINT NOT NULL,
+        at DOUBLE PRECISION NOT NULL,
+        status_code BIGINT,
+        latency_ms DOUBLE PRECISION NOT NULL,
+        error TEXT
+    );
+    CREATE INDEX webhook_attempts_delivery ON webhook_attempts (delivery_id);
+    CREATE TABLE notifications (
+        id TEXT PRIMARY KEY,
+        return_id TEXT NOT NULL REFERENCES returns (id),
+        kind TEXT NOT NULL,
+        channel TEXT NOT NULL,
+        recipient TEXT NOT NULL,
+        context TEXT NOT NULL,
+        status TEXT NOT NULL,
+        attempts BIGINT NOT NULL DEFAULT 0,
+        next_attempt_at DOUBLE PRECISION NOT NULL,
+        claim TEXT,
+        last_error TEXT,
+        created_at DOUBLE PRECISION NOT NULL,
+        sent_at DOUBLE PRECISION,
+        UNIQUE (return_id, kind, channel)
+    );
+    CREATE INDEX notifications_due ON notifications (status, next_attempt_at);
+    """,
 ]
 
 

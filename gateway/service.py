@@ -11,7 +11,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from gateway import carrier_exceptions, commands, consolidation, kiosk_flows
+from gateway import carrier_exceptions, commands, consolidation, kiosk_flows, refunds
 from gateway.api import make_app
 from gateway.carrier_choice import CarrierChooser
 from gateway.carriers.base import Carrier
@@ -26,11 +26,13 @@ from gateway.faults import FaultLog
 from gateway.ingest import Ingest
 from gateway.keys import SigningKeys
 from gateway.mqtt import Batch, GatewayLink, GatewayLinkDownError
-from gateway.payments.base import PaymentProvider
-from gateway.payments.stripe_like import StripeLikeRefunds
+from gateway.notifications import NotificationDispatcher, Renderer
+from gateway.notifiers.registry import make_notifiers
+from gateway.payments.registry import make_providers
 from gateway.refunds import RefundDesk
 from gateway.shipping import ShippingDesk
 from gateway.tracking import TrackingDesk
+from gateway.webhooks import WebhookDispatcher
 from protocol import envelope, topics
 from protocol.messages import Ack, StoreConfig
 
@@ -49,6 +51,7 @@ class Gateway:
         self._runner: web.AppRunner | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._wakeup = asyncio.Event()
+        self._outbound_wakeup = asyncio.Event()
         self._ack_seq = 0
         self.carriers: dict[str, Carrier] = {}
         self.url = ""
@@ -60,17 +63,24 @@ class Gateway:
         cfg = self.config
         self._db = await open_database(cfg.database)
         await self._seed()
+        await refunds.configure(self._db, cfg.merchants)
         self._keys = await SigningKeys.load_or_create(self._db)
         self._http = aiohttp.ClientSession()
         self.carriers = self._make_carriers(self._http)
-        provider = self._make_payments(self._http)
-        self.refunds = RefundDesk(self._db, provider, {})
+        self.refunds = RefundDesk(self._db, make_providers(cfg, self._http))
         await self.refunds.recover_after_restart()
-        self.tracking = TrackingDesk(self._db, cfg.tracking, self.carriers, provider.name)
+        self.webhooks = WebhookDispatcher(self._db, self._http, cfg.webhooks)
+        self.notifications = NotificationDispatcher(
+            self._db,
+            make_notifiers(cfg.notifications, self._http),
+            Renderer(cfg.base_url),
+            cfg.notifications,
+        )
+        self.tracking = TrackingDesk(self._db, cfg.tracking, self.carriers)
         self.shipping = ShippingDesk(
             self._db, cfg, self.carriers, CarrierChooser.from_config(cfg), self.tracking
         )
-        self.ingest = self._make_ingest(provider.name)
+        self.ingest = self._make_ingest()
         self.dispatcher = CommandDispatcher(self._db)
         self.link = GatewayLink(
             cfg.broker,
@@ -83,12 +93,13 @@ class Gateway:
         self._tasks = [
             asyncio.create_task(self.link.run(), name="gateway-mqtt"),
             asyncio.create_task(self._timers(), name="gateway-timers"),
+            asyncio.create_task(self._outbound_timers(), name="gateway-outbound"),
         ]
         log.info("gateway listening on %s", self.url)
 
-    def _make_ingest(self, refund_provider: str) -> Ingest:
+    def _make_ingest(self) -> Ingest:
         ingest = Ingest(self.db)
-        self.dropoffs = DropoffDesk(self.config.consolidation, refund_provider)
+        self.dropoffs = DropoffDesk(self.config.consolidation)
         self.faults = FaultLog()
         ingest.on("dropoff", self.dropoffs.apply)
         ingest.on("cmd_result", commands.record_results)
@@ -123,10 +134,6 @@ class Gateway:
                 resilience=_resilience("sf", sf.retry, sf.breaker),
             )
         return carriers
-
-    def _make_payments(self, session: aiohttp.ClientSession) -> PaymentProvider:
-        s = self.config.stripe
-        return StripeLikeRefunds(s.base_url, s.api_key, session, timeout_s=s.timeout_s)
 
     async def _serve_http(self) -> None:
         self._runner = web.AppRunner(make_app(self), access_log=None)
@@ -191,6 +198,7 @@ class Gateway:
     def wake(self) -> None:
         """New work was committed: run the timers now rather than at the next tick."""
         self._wakeup.set()
+        self._outbound_wakeup.set()
 
     # ---- MQTT ---------------------------------------------------------------------------
 
@@ -278,7 +286,26 @@ class Gateway:
         await kiosk_flows.sync_due(self.db)
         await self.tracking.poll_due()
         await self._dispatch_commands()
-        await self.refunds.process_due()
+
+    async def _outbound_timers(self) -> None:
+        """Refunds, webhooks and customer messages, apart from the kiosk-facing timers so
+        that a slow outside service never holds up a tote or a command."""
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.config.tick_s):
+                    await self._outbound_wakeup.wait()
+            self._outbound_wakeup.clear()
+            results = await asyncio.gather(
+                self.refunds.process_due(),
+                self.webhooks.process_due(),
+                self.notifications.process_due(),
+                return_exceptions=True,
+            )
+            for result in results:
+                if isinstance(result, Exception):
+                    log.error("outbound work failed; will retry", exc_info=result)
+            if any(isinstance(r, int) and r > 0 for r in results):
+                self._outbound_wakeup.set()  # a refund makes webhooks and messages: go on
 
     # ---- views --------------------------------------------------------------------------
 
@@ -368,6 +395,12 @@ class Gateway:
             },
             "refunds_issued": self.refunds.issued,
             "refunds_reconciled": self.refunds.reconciled,
+            "refunds_declined": self.refunds.failures,
+            "webhooks_delivered": self.webhooks.delivered,
+            "webhook_failed_attempts": self.webhooks.failed_attempts,
+            "webhooks_dead": self.webhooks.dead,
+            "notifications_sent": self.notifications.sent,
+            "notification_failed_attempts": self.notifications.failed_attempts,
             "commands_sent": self.dispatcher.sent,
             **self.metrics,
         }

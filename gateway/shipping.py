@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from gateway import carrier_exceptions as queue
-from gateway import commands
+from gateway import commands, return_events
 from gateway.carrier_choice import CarrierChoice, CarrierChooser, ChoiceRequest, NoCarrierError
 from gateway.carrier_exceptions import Reason, Subject
 from gateway.carriers.base import (
@@ -159,6 +159,8 @@ class ShippingDesk:
                 (booking.booking_id, shipment.carrier, shipment.waybill),
             )
             await self._queue_label(tx, tote_id, store, service, booking)
+            # shipment.created webhook to each merchant in the tote, in the booking's commit.
+            await return_events.shipment_created(tx, tote_id, shipment.carrier, shipment.waybill)
         self.booked += 1
         log.info("tote %s booked with %s, waybill %s", tote_id, service, shipment.waybill)
 

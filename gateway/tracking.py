@@ -20,10 +20,8 @@ from typing import Any
 from gateway import carrier_exceptions as queue
 from gateway.carrier_exceptions import Reason, Resolution, Subject
 from gateway.carriers.base import Carrier, CarrierError, Shipment, TrackingState, TrackingUpdate
-from gateway.config import RefundPolicy, TrackingSettings
+from gateway.config import TrackingSettings
 from gateway.database import Database, Transaction
-from gateway.refunds import complete_if_done, policy_of
-from gateway.refunds import request as request_refund
 from gateway.returns import (
     JOURNEY,
     Cause,
@@ -122,20 +120,16 @@ async def advance_return(
     return_id: str,
     target: ReturnState,
     cause: Cause,
-    refund_provider: str,
     *,
     resume: bool = False,
 ) -> bool:
-    """Move a return forward (late or repeated updates are ignored); on arrival, ask for its
-    refund per the merchant's policy. True if it moved."""
+    """Move a return forward (late or repeated updates are ignored); True if it moved. The
+    refund the merchant's policy calls for on arrival follows from the move itself
+    (``gateway/return_events.py``)."""
     try:
         await move(tx, return_id, target, cause, resume=resume)
     except IllegalTransitionError:
         return False
-    if target is ReturnState.RECEIVED:
-        if await policy_of(tx, return_id) is RefundPolicy.ON_RECEIPT:
-            await request_refund(tx, return_id, refund_provider)
-        await complete_if_done(tx, return_id, cause)
     return True
 
 
@@ -147,12 +141,10 @@ class TrackingDesk:
         db: Database,
         settings: TrackingSettings,
         carriers: Mapping[str, Carrier],
-        refund_provider: str,
     ) -> None:
         self._db = db
         self.settings = settings
         self._carriers = carriers
-        self._refund_provider = refund_provider
         self.applied = 0
         self.duplicates = 0
         self.unknown_waybills = 0
@@ -214,7 +206,7 @@ class TrackingDesk:
             if open_id is not None:
                 await self._resolve(tx, open_id, Resolution.CARRIER_SIGNED, "carrier", "", now)
         for return_id in await self._returns_of(tx, ship):
-            await advance_return(tx, return_id, target, cause, self._refund_provider)
+            await advance_return(tx, return_id, target, cause)
         return True
 
     async def _progress(
@@ -382,7 +374,7 @@ class TrackingDesk:
             target = ReturnState(before)
             if implied is not None and JOURNEY.index(implied) > JOURNEY.index(target):
                 target = implied
-            await advance_return(tx, return_id, target, cause, self._refund_provider, resume=True)
+            await advance_return(tx, return_id, target, cause, resume=True)
         if ship.tote_id is not None:
             state = implied.value if implied is not None else "booked"
             await tx.execute(TOTE_STATE_SQL, (state, ship.tote_id))

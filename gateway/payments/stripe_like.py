@@ -84,6 +84,8 @@ class StripeLikeRefunds:
 def _raise_error(status: int, data: dict[str, Any]) -> None:
     error = data.get("error") or {}
     message = f"{error.get('type')}/{error.get('code')}: {error.get('message')}"
+    if status == 429:
+        raise PaymentUnavailable(f"rate limited: {message}")  # Stripe did nothing
     if status == 402 or error.get("type") == "card_error":
         raise PaymentDeclined(message)
     if status >= 500:

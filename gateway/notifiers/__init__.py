@@ -1,0 +1,1 @@
+"""Customer notification channels behind one interface (e-mail, SMS/WeCom-style webhook)."""
