@@ -18,6 +18,7 @@ from typing import Any, Literal
 import aiohttp
 
 from dropline.broker import MosquittoBroker, free_port
+from dropline.gateway_process import GatewayProcess
 from edge.config import BrokerSettings as EdgeBrokerSettings
 from edge.config import CompartmentPins, EdgeConfig, IndicatorSettings, ScreenSettings, Timeouts
 from gateway.config import (
@@ -161,6 +162,7 @@ class SystemOptions:
         default_factory=lambda: BackoffSettings(base_s=0.2, max_s=5.0, max_attempts=10)
     )
     duplicate_deliveries: bool = False  # every kiosk event and carrier push arrives twice
+    replicas: int = 1  # gateways sharing the event stream; more than one wants PostgreSQL
 
 
 Kiosk = SimulatedKiosk
@@ -186,6 +188,8 @@ class LocalSystem:
         self.smtp: SmtpServerSimulator | None = None
         self.event_duplicator: EventDuplicator | None = None
         self.push_duplicators: list[PushDuplicator] = []
+        self.replicas: list[GatewayProcess] = []
+        """Gateways beyond the first, each its own process (``SystemOptions.replicas``)."""
 
     # ---- life cycle ---------------------------------------------------------------------
 
@@ -233,6 +237,14 @@ class LocalSystem:
         config = self._gateway_config(gateway_port, kdniao, sf, payments_url, api_key)
         self.gateway = Gateway(config.model_copy(update=outside))
         await self.gateway.start()
+        for index in range(1, opts.replicas):
+            replica = GatewayProcess(
+                self.gateway.config.model_copy(update={"http_port": free_port()}),
+                self.workdir / "replicas",
+                f"gateway-{index + 1}",
+            )
+            self.replicas.append(replica)
+            await replica.start()
         self._http = aiohttp.ClientSession(base_url=self.gateway.url)
         await self._register_webhooks()
         for store in self.store_ids:
@@ -332,7 +344,11 @@ class LocalSystem:
         return GatewayConfig(
             database=self.options.database or str(self.workdir / "gateway.sqlite3"),
             http_port=port,
-            broker=BrokerSettings(port=self.broker.port, reconnect_s=0.2),
+            broker=BrokerSettings(
+                port=self.broker.port,
+                reconnect_s=0.2,
+                **({"protocol": "5", "shared_group": "gateways"} if opts.replicas > 1 else {}),
+            ),
             merchants=[
                 MerchantSettings(
                     id=self.merchant, name="ACME Shop", refund_policy=opts.refund_policy
@@ -416,6 +432,8 @@ class LocalSystem:
         self.kiosks = []
         if self._http is not None:
             await self._http.close()
+        for replica in self.replicas:
+            await replica.stop()
         if self.gateway is not None:
             await self.gateway.stop()
         for carrier in (self.kdniao, self.sf):

@@ -32,19 +32,21 @@ class SigningKeys:
 
     @classmethod
     async def load_or_create(cls, db: Database) -> "SigningKeys":
-        """Load the keys, creating the first one on a fresh database."""
+        """Load the keys, creating the first one on a fresh database. Replicas starting at
+        once each offer a key; the unique active index keeps exactly one."""
         async with db.transaction() as tx:
             rows = await tx.fetchall("SELECT kid, private_key, active FROM signing_keys")
-            if not rows:
-                kid = "k" + secrets.token_hex(2)
-                key = Ed25519PrivateKey.generate()
-                raw = key.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
+        if not rows:
+            key = Ed25519PrivateKey.generate()
+            raw = key.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
+            async with db.transaction() as tx:
                 await tx.execute(
                     "INSERT INTO signing_keys (kid, private_key, created_at, active) "
-                    "VALUES (?, ?, ?, 1)",
-                    (kid, raw, time.time()),
+                    "VALUES (?, ?, ?, 1) ON CONFLICT DO NOTHING",
+                    ("k" + secrets.token_hex(2), raw, time.time()),
                 )
-                rows = [(kid, raw, 1)]
+            async with db.transaction() as tx:
+                rows = await tx.fetchall("SELECT kid, private_key, active FROM signing_keys")
         keys = {str(r[0]): Ed25519PrivateKey.from_private_bytes(bytes(r[1])) for r in rows}
         active = next(str(r[0]) for r in rows if r[2])
         return cls(active, keys)

@@ -283,6 +283,7 @@ async def sync_due(db: Database) -> int:
             "SELECT p.store, p.device, p.session, s.session, s.synced_until "
             "FROM device_presence p LEFT JOIN voucher_sync s "
             "ON s.store = p.store AND s.device = p.device WHERE p.online = 1"
+            + tx.for_update(of="p", skip_locked=True)  # replicas sync different kiosks
         )
         for store, device, session, synced_session, synced_until in devices:
             fresh = synced_session is None or int(synced_session) != int(session)

@@ -358,6 +358,12 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX notifications_due ON notifications (status, next_attempt_at);
     """,
+    # 6: replicas. One active signing key, so that replicas starting together on an empty
+    # database agree on it; unanswered commands found without a scan.
+    """
+    CREATE UNIQUE INDEX signing_keys_one_active ON signing_keys (active) WHERE active = 1;
+    CREATE INDEX commands_unanswered ON commands (outcome, sent_at);
+    """,
 ]
 
 

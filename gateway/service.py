@@ -4,6 +4,9 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
+import secrets
+import socket
 import time
 from collections import Counter
 from typing import Any
@@ -84,7 +87,7 @@ class Gateway:
         self.dispatcher = CommandDispatcher(self._db)
         self.link = GatewayLink(
             cfg.broker,
-            client_id=f"gateway-{cfg.http_port}",
+            client_id=f"gateway-{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}",
             on_batch=self._on_batch,
             on_connect=self._on_connect,
             batch_max=cfg.ingest_batch,
@@ -226,7 +229,8 @@ class Gateway:
             content = {"voucher_keys": keys, "revoked_returns": [str(r[0]) for r in revoked]}
             content.update(await kiosk_flows.config_extras(tx, store))
             row = await tx.fetchone(
-                "SELECT config_version, config_body FROM stores WHERE id = ?", (store,)
+                "SELECT config_version, config_body FROM stores WHERE id = ?" + tx.for_update(),
+                (store,),
             )
             version, body = (int(row[0]), row[1]) if row else (0, None)
             text = json.dumps(content, sort_keys=True)
@@ -402,6 +406,7 @@ class Gateway:
             "notifications_sent": self.notifications.sent,
             "notification_failed_attempts": self.notifications.failed_attempts,
             "commands_sent": self.dispatcher.sent,
+            "commands_expired": self.dispatcher.expired,
             **self.metrics,
         }
 

@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 
 BOOKING_RETRY_BASE_S = 2.0
 BOOKING_RETRY_MAX_S = 600.0
+BOOKING_LEASE_S = 120.0
+"""How long a replica holds a tote it is booking before another may try (it died)."""
 LABEL_COMMAND_TTL_S = 6 * 3600
 
 
@@ -67,11 +69,7 @@ class ShippingDesk:
 
     async def book_due(self) -> int:
         """Book every closed tote that is due; returns how many were booked now."""
-        rows = await self._db.fetchall(
-            "SELECT id, store, item_count, weight_kg, booking_attempts FROM totes "
-            "WHERE state = 'closed' AND next_attempt_at <= ? ORDER BY closed_at LIMIT 50",
-            (time.time(),),
-        )
+        rows = await self._claim_due()
         booked = 0
         for tote_id, store, count, weight_kg, attempts in rows:
             try:
@@ -82,6 +80,23 @@ class ShippingDesk:
             except CarrierError as exc:
                 await self._booking_failed(str(tote_id), int(attempts), exc)
         return booked
+
+    async def _claim_due(self) -> list[tuple[Any, ...]]:
+        """Closed totes due for booking, leased to this replica: another replica skips them
+        until the lease runs out, which only matters if this one dies mid-booking."""
+        now = time.time()
+        async with self._db.transaction() as tx:
+            rows = await tx.fetchall(
+                "SELECT id, store, item_count, weight_kg, booking_attempts FROM totes "
+                "WHERE state = 'closed' AND next_attempt_at <= ? ORDER BY closed_at LIMIT 50"
+                + tx.for_update(skip_locked=True),
+                (now,),
+            )
+            await tx.executemany(
+                "UPDATE totes SET next_attempt_at = ? WHERE id = ?",
+                [(now + BOOKING_LEASE_S, row[0]) for row in rows],
+            )
+        return rows
 
     async def _choice(self, tote_id: str, store: str, weight_kg: float) -> tuple[str, str, str]:
         """The tote's (service, carrier, product): the stored choice, or a new one."""
