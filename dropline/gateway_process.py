@@ -41,7 +41,8 @@ class GatewayProcess:
         return self._process.pid
 
     async def start(self) -> None:
-        """Write the config, start the process and wait until it answers ``/v1/health``."""
+        """Write the config, start the process and wait until ``/v1/health`` says it is
+        consuming events (subscribed at the broker)."""
         self.config_path.parent.mkdir(parents=True, exist_ok=True)
         document = self.config.model_dump(mode="json", exclude_none=True)
         self.config_path.write_text(tomli_w.dumps(document))
@@ -70,7 +71,7 @@ class GatewayProcess:
                     raise GatewayProcessError(self._failure("exited"))
                 with contextlib.suppress(aiohttp.ClientError):
                     async with http.get(f"{self.url}/v1/health") as reply:
-                        if reply.status == 200:
+                        if reply.status == 200 and (await reply.json())["consuming"]:
                             return
                 await asyncio.sleep(delay)
                 delay = min(0.5, delay * 2)

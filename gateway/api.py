@@ -259,7 +259,13 @@ async def resolve_exception(request: web.Request) -> web.Response:
 async def health(request: web.Request) -> web.Response:
     """``GET /v1/health``: is the gateway connected and serving."""
     gateway = request.app[GATEWAY]
-    return web.json_response({"ok": True, "broker_connected": gateway.broker_connected})
+    return web.json_response(
+        {
+            "ok": True,
+            "broker_connected": gateway.broker_connected,
+            "consuming": gateway.link.consuming.is_set(),
+        }
+    )
 
 
 async def metrics(request: web.Request) -> web.Response:

@@ -106,7 +106,7 @@ async def add_to_totes(
         if reason is not None:
             await _save_and_close(tx, tote, reason)
             closed.append((tote.tote_id, reason))
-            tote = await _new_tote(tx, store)
+            tote = await _open_tote(tx, store)
         tote.items += 1
         tote.weight_kg += profile.weight_kg
         tote.volume_l += profile.volume_l
@@ -121,23 +121,23 @@ async def add_to_totes(
 
 
 async def _open_tote(tx: Transaction, store: str) -> ToteSnapshot:
-    row = await tx.fetchone(
+    """The store's open tote, locked; opened if there is none. Two replicas may open one
+    at once: the second insert does nothing (one open tote per store) and both use the one
+    that committed."""
+    select = (
         "SELECT id, item_count, weight_kg, volume_l, opened_at FROM totes "
-        "WHERE store = ? AND state = 'open'" + tx.for_update(),
-        (store,),
+        "WHERE store = ? AND state = 'open'" + tx.for_update()
     )
+    row = await tx.fetchone(select, (store,))
     if row is None:
-        return await _new_tote(tx, store)
+        await tx.execute(
+            "INSERT INTO totes (id, store, state, opened_at) VALUES (?, ?, 'open', ?) "
+            "ON CONFLICT DO NOTHING",
+            ("tote-" + new_id(), store, time.time()),
+        )
+        row = await tx.fetchone(select, (store,))
+        assert row is not None, "an open tote exists after the insert"
     return ToteSnapshot(str(row[0]), store, int(row[1]), float(row[2]), float(row[3]), row[4])
-
-
-async def _new_tote(tx: Transaction, store: str) -> ToteSnapshot:
-    tote = ToteSnapshot("tote-" + new_id(), store, 0, 0.0, 0.0, time.time())
-    await tx.execute(
-        "INSERT INTO totes (id, store, state, opened_at) VALUES (?, ?, 'open', ?)",
-        (tote.tote_id, store, tote.opened_at),
-    )
-    return tote
 
 
 async def _save(tx: Transaction, tote: ToteSnapshot) -> None:

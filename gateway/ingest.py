@@ -126,6 +126,12 @@ class Ingest:
                 out.dead.append((topic, payload, "unexpected_type", message.type))
         return out
 
+    async def quarantine(self, topic: str, payload: bytes, error: Exception) -> None:
+        """Set aside a message that keeps failing after it was decoded (a handler's bug or
+        data it cannot take): dead-lettered with the error, so the stream goes on."""
+        async with self._db.transaction() as tx:
+            await self._dead_letter(tx, [(topic, payload, "handler_failed", repr(error)[:500])])
+
     async def _dead_letter(self, tx: Transaction, dead: list[tuple[str, bytes, str, str]]) -> None:
         if not dead:
             return

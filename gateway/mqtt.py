@@ -32,6 +32,10 @@ log = logging.getLogger(__name__)
 Batch = list[tuple[str, bytes]]
 BatchHandler = Callable[[Batch], Awaitable[None]]
 ConnectHandler = Callable[[], Coroutine[Any, Any, None]]
+PoisonHandler = Callable[[str, bytes, Exception], Awaitable[None]]
+
+BATCH_ATTEMPTS = 4
+"""Tries of a failing batch before it is split to find the message at fault."""
 
 
 class GatewayLinkDownError(ConnectionError):
@@ -110,11 +114,13 @@ class GatewayLink:
         client_id: str,
         on_batch: BatchHandler,
         on_connect: ConnectHandler,
+        on_poison: PoisonHandler,
         batch_max: int = 500,
     ) -> None:
         self._settings = settings
         self._client_id = client_id
         self._on_batch = on_batch
+        self._on_poison = on_poison
         self._on_connect = on_connect
         self._batch_max = batch_max
         self._client: paho.Client | None = None
@@ -124,6 +130,8 @@ class GatewayLink:
         self._generation = 0
         self._connect_work: asyncio.Task[None] | None = None
         self.connected = asyncio.Event()
+        self.consuming = asyncio.Event()
+        """Set once the broker confirmed this session's subscriptions (events flow)."""
 
     # ---- set-up ---------------------------------------------------------------------------
 
@@ -147,6 +155,7 @@ class GatewayLink:
         client.on_disconnect = self._paho_disconnected
         client.on_message = self._paho_message
         client.on_publish = self._paho_published
+        client.on_subscribe = self._paho_subscribed
         return client
 
     def _subscriptions(self) -> list[tuple[str, int]]:
@@ -173,6 +182,10 @@ class GatewayLink:
         client.publish(topics.GATEWAY_STATUS, _gateway_status(True), qos=1, retain=True)
         assert self._loop is not None
         self._loop.call_soon_threadsafe(self._up)
+
+    def _paho_subscribed(self, client: paho.Client, userdata: Any, *_: Any) -> None:
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(self.consuming.set)
 
     def _paho_disconnected(
         self,
@@ -219,6 +232,7 @@ class GatewayLink:
         if self.connected.is_set():
             log.warning("gateway broker link down (%s); reconnecting", reason)
         self.connected.clear()
+        self.consuming.clear()
         with self._pending_lock:
             pending, self._pending = self._pending, {}
         for future in pending.values():
@@ -264,17 +278,38 @@ class GatewayLink:
                 await asyncio.wait(running)
 
     async def _process(self, client: paho.Client, items: list[_Inbound], generation: int) -> None:
-        try:
-            await self._on_batch([(i.topic, i.payload) for i in items])
-        except Exception:
-            # Not acked: the broker redelivers on reconnect and kiosks resend; nothing is lost.
-            log.exception("a batch of %d messages failed; it will come again", len(items))
-            return
+        if not await self._handle(items):
+            return  # not acked: the broker redelivers on reconnect and kiosks resend
         if generation != self._generation:
             return  # a new session: the broker redelivers what we did not ack
         for item in items:
             if item.qos > 0:
                 client.ack(item.mid, item.qos)
+
+    async def _handle(self, items: list[_Inbound]) -> bool:
+        """``on_batch`` with retries: a conflict between replicas passes on a second try.
+        A batch that keeps failing is halved until the message at fault is alone, and that
+        one goes to ``on_poison``, so that one bad message never holds up the stream (an
+        unacked message also holds one of the broker's in-flight slots until reconnect).
+        Returns whether every message was handled (and may be acked)."""
+        for attempt in range(BATCH_ATTEMPTS):
+            try:
+                await self._on_batch([(i.topic, i.payload) for i in items])
+                return True
+            except Exception as exc:
+                log.warning("a batch of %d failed (attempt %d): %r", len(items), attempt + 1, exc)
+                error = exc
+                await asyncio.sleep(min(1.0, 0.05 * 2**attempt))
+        if len(items) > 1:
+            half = len(items) // 2
+            first, second = await self._handle(items[:half]), await self._handle(items[half:])
+            return first and second
+        try:
+            await self._on_poison(items[0].topic, items[0].payload, error)
+        except Exception:
+            log.exception("could not set aside a failing message on %s", items[0].topic)
+            return False
+        return True
 
     async def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
         """Publish at QoS 1 and wait for the broker's PUBACK, or raise

@@ -90,6 +90,7 @@ class Gateway:
             client_id=f"gateway-{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}",
             on_batch=self._on_batch,
             on_connect=self._on_connect,
+            on_poison=self.ingest.quarantine,
             batch_max=cfg.ingest_batch,
         )
         await self._serve_http()

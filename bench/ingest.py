@@ -1,0 +1,340 @@
+"""Ingest benchmark: K simulated kiosks (each its own MQTT connection) publish drop-off
+events at QoS 1 through a real Mosquitto; the gateway (``dropline gateway`` processes)
+stores each, applies it and acks it after the commit.
+
+    python bench/ingest.py [--kiosks 40] [--events 2000] [--window 100] [--workers 2]
+                           [--postgres postgresql://postgres@127.0.0.1:5432/test]
+
+Cases: SQLite with one replica, PostgreSQL with one and with two replicas (MQTT v5 shared
+subscription), and the broker alone (the same payloads published and received by a plain
+paho subscriber that does nothing, the library the gateway uses). For each: durable
+events/s (every event acked after its commit; first publish to last ack) and p50/p99 from
+publish to ack at saturation. The last line is one JSON object.
+
+The returns the events drop off are seeded as ``authorized`` rows before each case; totes
+are set never to close, so that what is measured is ingest (store, order, apply the
+drop-off, add it to the tote, ack), not carrier bookings.
+"""
+
+import argparse
+import asyncio
+import json
+import multiprocessing
+import secrets
+import statistics
+import sys
+import tempfile
+import time
+from multiprocessing.synchronize import Barrier
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.machine import describe
+from dropline.broker import MosquittoBroker, free_port
+from dropline.gateway_process import GatewayProcess
+from gateway.config import (
+    AddressSettings,
+    BrokerSettings,
+    ConsolidationRules,
+    GatewayConfig,
+    KdniaoSettings,
+    MerchantSettings,
+    RefundPolicy,
+    StoreSettings,
+    StripeSettings,
+)
+from gateway.database import open_database
+from protocol import topics
+from protocol.ids import uuid7
+from simulator.kiosk_load import KioskPlan, KioskResult, run_kiosks
+
+MERCHANT = "acme"
+KIOSKS_PER_STORE = 4
+NOWHERE = "http://127.0.0.1:9"  # carriers and payments are never called in this benchmark
+NEVER_CLOSE = ConsolidationRules(
+    max_items=10**9,
+    max_weight_kg=1e9,
+    max_volume_l=1e9,
+    max_age_s=1e9,
+    daily_cutoff=None,
+    cost=None,
+)
+SITE = AddressSettings(
+    name="Store", phone="021-1", province="上海市", city="上海市", district="静安区", street="1 号"
+)
+
+
+def gateway_config(database: str, broker: int, stores: list[str], shared: bool) -> GatewayConfig:
+    """A gateway whose totes never close and whose merchant refunds on receipt."""
+    return GatewayConfig(
+        database=database,
+        http_port=free_port(),
+        broker=BrokerSettings(
+            port=broker,
+            reconnect_s=0.2,
+            **({"protocol": "5", "shared_group": "bench"} if shared else {}),
+        ),
+        merchants=[
+            MerchantSettings(id=MERCHANT, name="ACME", refund_policy=RefundPolicy.ON_RECEIPT)
+        ],
+        stores=[StoreSettings(id=s, name=s, address=SITE) for s in stores],
+        warehouse=SITE,
+        consolidation=NEVER_CLOSE,
+        kdniao=KdniaoSettings(base_url=NOWHERE, ebusiness_id="1", app_key="k"),
+        stripe=StripeSettings(base_url=NOWHERE, api_key="sk_test_bench"),
+    )
+
+
+def plans(kiosks: int, events: int) -> list[KioskPlan]:
+    """Each kiosk's returns (fresh ids for every case)."""
+    return [
+        KioskPlan(
+            store=f"s{k // KIOSKS_PER_STORE:04d}",
+            device=f"k{k % KIOSKS_PER_STORE + 1}",
+            merchant=MERCHANT,
+            return_ids=[str(uuid7()) for _ in range(events)],
+        )
+        for k in range(kiosks)
+    ]
+
+
+async def seed(database: str, kiosk_plans: list[KioskPlan]) -> None:
+    """Insert every planned return as ``authorized`` (what ``POST /v1/returns`` leaves)."""
+    db = await open_database(database)
+    now = time.time()
+    rows = [
+        (rid, MERCHANT, f"o-{rid}", "[]", 1, "bench", 1000, "CNY", "locker", "M",
+         json.dumps([p.store]), '{"name": "Bench"}', "authorized", f"B{n:09d}", "v",
+         now + 86_400, now, now)
+        for n, (p, rid) in enumerate((p, r) for p in kiosk_plans for r in p.return_ids)
+    ]  # fmt: skip
+    try:
+        for start in range(0, len(rows), 5000):
+            async with db.transaction() as tx:
+                await tx.executemany(
+                    "INSERT INTO returns (id, merchant, order_id, items, item_count, reason, "
+                    "amount_minor, currency, method, size, stores, customer, state, short_code, "
+                    "voucher, expires_at, created_at, updated_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    rows[start : start + 5000],
+                )
+    finally:
+        await db.close()
+
+
+async def stored_events(database: str) -> int:
+    db = await open_database(database)
+    try:
+        row = await db.fetchone("SELECT count(*) FROM events WHERE type = 'dropoff'")
+        return int(row[0]) if row else 0
+    finally:
+        await db.close()
+
+
+async def received_by(process: GatewayProcess) -> int:
+    """How many events a replica took from the broker."""
+    async with aiohttp.ClientSession() as http, http.get(f"{process.url}/v1/metrics") as reply:
+        return int((await reply.json())["events_received"])
+
+
+def _worker(
+    port: int,
+    kiosk_plans: list[KioskPlan],
+    window: int,
+    gateway: bool,
+    barrier: Barrier,
+    results: "multiprocessing.Queue[list[KioskResult]]",
+) -> None:
+    results.put(run_kiosks("127.0.0.1", port, kiosk_plans, window=window, gateway=gateway,
+                           ready=barrier.wait))  # fmt: skip
+
+
+def load(
+    port: int, kiosk_plans: list[KioskPlan], args: argparse.Namespace, *, gateway: bool
+) -> list[KioskResult]:
+    """Run the kiosks in ``args.workers`` processes, all starting at one barrier."""
+    ctx = multiprocessing.get_context("fork")
+    barrier = ctx.Barrier(args.workers)
+    queue: multiprocessing.Queue[list[KioskResult]] = ctx.Queue()
+    shares = [kiosk_plans[w :: args.workers] for w in range(args.workers)]
+    workers = [
+        ctx.Process(target=_worker, args=(port, share, args.window, gateway, barrier, queue))
+        for share in shares
+    ]
+    for w in workers:
+        w.start()
+    results = [r for _ in workers for r in queue.get()]
+    for w in workers:
+        w.join()
+    return results
+
+
+def summarize(results: list[KioskResult]) -> dict[str, float]:
+    published = sum(r.published for r in results)
+    acked = sum(r.acked for r in results)
+    seconds = max(r.last_ack for r in results) - min(r.first_publish for r in results)
+    latencies = sorted(x for r in results for x in r.latencies_s)
+    out = {"published": published, "acked": acked, "seconds": round(seconds, 3),
+           "events_per_s": round(acked / seconds)}  # fmt: skip
+    if latencies:
+        q = statistics.quantiles(latencies, n=100)
+        out |= {"p50_ms": round(q[49] * 1000, 1), "p99_ms": round(q[98] * 1000, 1)}
+    return out
+
+
+async def gateway_case(
+    name: str, database: str, replicas: int, broker: MosquittoBroker, args: argparse.Namespace
+) -> dict[str, Any]:
+    """One storage/replica combination, on a fresh database."""
+    kiosk_plans = plans(args.kiosks, args.events)
+    stores = sorted({p.store for p in kiosk_plans})
+    processes = [
+        GatewayProcess(
+            gateway_config(database, broker.port, stores, shared=replicas > 1),
+            Path(args.workdir),
+            f"{name}-{i + 1}",
+        )
+        for i in range(replicas)
+    ]
+    for process in processes:  # one after another: the first migrates the database
+        await process.start()
+    try:
+        await seed(database, kiosk_plans)
+        results = await asyncio.to_thread(load, broker.port, kiosk_plans, args, gateway=True)
+        shares = [await received_by(p) for p in processes]
+    finally:
+        for process in processes:
+            await process.stop()
+    result = summarize(results)
+    result["stored"] = await stored_events(database)
+    result["received_by_replica"] = shares
+    print(f"{name}: {result}", flush=True)
+    return result
+
+
+def _count_events(
+    port: int, total: int, barrier: Barrier, out: "multiprocessing.Queue[float]"
+) -> None:
+    """The raw broker's receiving side: a paho subscriber that only counts."""
+    received = 0
+    done = multiprocessing.Event()
+
+    def on_message(*_: object) -> None:
+        nonlocal received
+        received += 1
+        if received == total:
+            done.set()
+
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id="raw-counter",
+                         protocol=paho.MQTTv311, clean_session=True)  # fmt: skip
+    client.max_inflight_messages_set(1000)
+    client.on_message = on_message
+    client.connect("127.0.0.1", port)
+    client.subscribe(topics.ALL_EVENTS, qos=1)
+    client.loop_start()
+    barrier.wait()
+    done.wait(300)
+    out.put(time.perf_counter())
+    client.disconnect()
+    client.loop_stop()
+
+
+def raw_case(broker: MosquittoBroker, args: argparse.Namespace) -> dict[str, Any]:
+    """The same payloads through the broker with nothing behind it."""
+    kiosk_plans = plans(args.kiosks, args.events)
+    total = args.kiosks * args.events
+    ctx = multiprocessing.get_context("fork")
+    finished: multiprocessing.Queue[float] = ctx.Queue()
+    # The counter joins the kiosks' barrier, so it is subscribed before anything is sent.
+    counter_barrier = ctx.Barrier(args.workers + 1)
+    counter = ctx.Process(
+        target=_count_events, args=(broker.port, total, counter_barrier, finished)
+    )
+    counter.start()
+    shares = [kiosk_plans[w :: args.workers] for w in range(args.workers)]
+    queue: multiprocessing.Queue[list[KioskResult]] = ctx.Queue()
+    workers = [
+        ctx.Process(
+            target=_worker, args=(broker.port, s, args.window, False, counter_barrier, queue)
+        )
+        for s in shares
+    ]
+    for w in workers:
+        w.start()
+    results = [r for _ in workers for r in queue.get()]
+    last_received = finished.get()
+    for w in [*workers, counter]:
+        w.join()
+    first = min(r.first_publish for r in results)
+    seconds = last_received - first
+    result = {"published": sum(r.published for r in results), "seconds": round(seconds, 3),
+              "events_per_s": round(total / seconds)}  # fmt: skip
+    print(f"broker alone: {result}", flush=True)
+    return result
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--kiosks", type=int, default=40)
+    parser.add_argument("--events", type=int, default=2000, help="drop-offs per kiosk")
+    parser.add_argument("--window", type=int, default=100, help="unacked events per kiosk")
+    parser.add_argument("--workers", type=int, default=2, help="kiosk processes")
+    parser.add_argument("--postgres", default="postgresql://postgres@127.0.0.1:5432/test")
+    parser.add_argument("--skip-postgres", action="store_true")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="dropline-ingest-") as workdir:
+        args.workdir = workdir
+        broker = MosquittoBroker(Path(workdir) / "mosquitto")
+        await broker.start()
+        try:
+            out: dict[str, Any] = {"machine": describe(), "kiosks": args.kiosks,
+                                   "events": args.kiosks * args.events}  # fmt: skip
+            raw = await asyncio.to_thread(raw_case, broker, args)
+            sqlite = await gateway_case(
+                "sqlite-1", str(Path(workdir) / "gateway.sqlite3"), 1, broker, args
+            )
+            out |= {"broker_raw_per_s": raw["events_per_s"]} | _keyed("sqlite_1", sqlite)
+            out["ratio_sqlite_1_to_broker"] = round(sqlite["events_per_s"] / raw["events_per_s"], 2)
+            if not args.skip_postgres:
+                for replicas in (1, 2):
+                    url = f"{args.postgres}?schema=bench_{secrets.token_hex(4)}"
+                    pg = await gateway_case(f"postgresql-{replicas}", url, replicas, broker, args)
+                    out |= _keyed(f"postgresql_{replicas}", pg)
+                    await drop_schema(url)
+                out["ratio_postgresql_2_to_1"] = round(
+                    out["postgresql_2_per_s"] / out["postgresql_1_per_s"], 2
+                )
+        finally:
+            await broker.stop()
+    print(json.dumps(out, ensure_ascii=False))
+
+
+def _keyed(case: str, result: dict[str, Any]) -> dict[str, Any]:
+    """A case's numbers under the names the summary uses."""
+    return {
+        f"{case}_per_s": result["events_per_s"],
+        f"{case}_p50_ms": result.get("p50_ms"),
+        f"{case}_p99_ms": result.get("p99_ms"),
+        f"{case}_lost": result["published"] - result["stored"],
+    }
+
+
+async def drop_schema(url: str) -> None:
+    import asyncpg  # type: ignore[import-untyped]
+
+    server, schema = url.split("?schema=")
+    conn = await asyncpg.connect(server)
+    try:
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    finally:
+        await conn.close()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
