@@ -358,6 +358,33 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX notifications_due ON notifications (status, next_attempt_at);
     """,
+    # 7: home pickups (the lead renumbers on merge)
+    """
+    CREATE TABLE home_pickups (
+        return_id TEXT PRIMARY KEY REFERENCES returns (id),
+        status TEXT NOT NULL,
+        address TEXT NOT NULL,
+        slot_start DOUBLE PRECISION NOT NULL,
+        slot_end DOUBLE PRECISION NOT NULL,
+        service TEXT,
+        carrier TEXT,
+        product TEXT,
+        choice TEXT,
+        waybill TEXT,
+        booking_id TEXT,
+        window_start DOUBLE PRECISION,
+        window_end DOUBLE PRECISION,
+        cancel_reason TEXT,
+        maybe_booked BIGINT NOT NULL DEFAULT 0,
+        attempts BIGINT NOT NULL DEFAULT 0,
+        next_attempt_at DOUBLE PRECISION NOT NULL,
+        claim TEXT,
+        last_error TEXT,
+        created_at DOUBLE PRECISION NOT NULL,
+        updated_at DOUBLE PRECISION NOT NULL
+    );
+    CREATE INDEX home_pickups_due ON home_pickups (status, next_attempt_at);
+    """,
 ]
 
 
