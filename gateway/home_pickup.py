@@ -43,7 +43,7 @@ from typing import Any
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from gateway import carrier_exceptions as queue
-from gateway import return_events
+from gateway import return_events, tracking
 from gateway.carrier_choice import CarrierChooser, ChoiceRequest, NoCarrierError
 from gateway.carrier_exceptions import Reason, Subject
 from gateway.carriers.base import (
@@ -61,7 +61,6 @@ from gateway.claims import JobTable, backoff_delay, claim_due
 from gateway.config import GatewayConfig
 from gateway.database import Database, Row, Transaction, placeholders
 from gateway.returns import Cause, CauseKind, IllegalTransitionError, ReturnState, Transition, move
-from gateway.tracking import register_shipment
 
 log = logging.getLogger(__name__)
 
@@ -239,6 +238,25 @@ async def _ask_to_cancel(tx: Transaction, unwanted: Mapping[str, str], now: floa
             for r in rows
         ],
     )  # fmt: skip
+
+
+async def rebook(tx: Transaction, return_id: str, exception_id: str) -> bool:
+    """An operator resumed a refused pickup (the carrier serves the slot or address now):
+    the return is ``authorized`` again and its pickup is chosen a carrier and booked anew.
+    False when the pickup was not refused (a failed cancellation stays as it is)."""
+    now = time.time()
+    changed = await tx.execute(
+        "UPDATE home_pickups SET status = ?, service = NULL, carrier = NULL, product = NULL, "
+        "choice = NULL, attempts = 0, last_error = NULL, next_attempt_at = ?, updated_at = ? "
+        "WHERE return_id = ? AND status = ?",
+        (Status.PENDING, now, now, return_id, Status.REJECTED),
+    )
+    if not changed:
+        return False
+    cause = Cause(CauseKind.OPERATOR, exception_id)
+    with contextlib.suppress(IllegalTransitionError):  # moved on meanwhile
+        await move(tx, return_id, ReturnState.AUTHORIZED, cause, resume=True)
+    return True
 
 
 # ---- views ----------------------------------------------------------------------------------
@@ -456,7 +474,7 @@ class HomePickupDesk:
             )  # fmt: skip
             if not changed:
                 return False
-            await register_shipment(
+            await tracking.register_shipment(
                 tx,
                 booking.shipment,
                 quiet_after_s=self._config.tracking.quiet_after_s,

@@ -172,6 +172,16 @@ async def test_a_refused_slot_goes_to_the_exception_queue(system: LocalSystem) -
     assert "return.exception" in await webhook_types(system, rid)
     assert system.kdniao is not None and rid not in system.kdniao.orders
 
+    # The carrier serves nights now; the operator resumes: booked anew.
+    system.kdniao.knobs.pickup_hours = None
+    async with system.http.post(
+        f"/v1/exceptions/{item['id']}/resolve", json={"action": "resume", "by": "ops"}
+    ) as resp:
+        assert resp.status == 200
+    booked = await wait_pickup(system, rid, "booked")
+    assert booked["waybill"] == system.kdniao.orders[rid].waybill
+    assert await path(system, rid) == ["authorized", "exception", "authorized"]
+
 
 async def test_cancelling_the_return_cancels_the_courier(system: LocalSystem) -> None:
     kdniao = system.kdniao
@@ -189,6 +199,52 @@ async def test_cancelling_the_return_cancels_the_courier(system: LocalSystem) ->
         "SELECT finished_at FROM shipments WHERE waybill = ?", (booked["waybill"],)
     )
     assert row is not None and row[0] is not None, "no longer tracked"
+
+
+async def wait_attempted(system: LocalSystem, return_id: str) -> None:
+    async def failed_once() -> bool:
+        view = await pickup_view(system, return_id)
+        return bool(view["status"] == "pending" and view["attempts"] >= 1)
+
+    await system.wait_until(failed_once, timeout_s=60)
+
+
+@pytest.mark.parametrize(
+    "system",
+    [options(carrier_knobs=CarrierKnobs(fail_next=1000), carrier_retry=RetrySettings(attempts=1))],
+    indirect=True,
+)
+async def test_cancelling_while_the_carrier_is_down_books_nothing(system: LocalSystem) -> None:
+    rid = await ask_home_pickup(system)
+    await wait_attempted(system, rid)  # HTTP 500: nothing was booked
+    await cancel(system, rid)
+    view = await wait_pickup(system, rid, "cancelled")
+    assert view["waybill"] is None
+    assert system.kdniao is not None and rid not in system.kdniao.orders
+
+
+@pytest.mark.parametrize(
+    "system",
+    [options(carrier_knobs=CarrierKnobs(time_out_next=1), carrier_timeout_s=0.5,
+             carrier_retry=RetrySettings(attempts=1))],
+    indirect=True,
+)  # fmt: skip
+async def test_cancelling_after_a_timed_out_booking_cancels_the_courier(
+    system: LocalSystem,
+) -> None:
+    kdniao = system.kdniao
+    assert kdniao is not None
+    rid = await ask_home_pickup(system)
+
+    # The booking timed out (it may have been made) or, had the retry come first, is booked.
+    async def attempted() -> bool:
+        return bool((await pickup_view(system, rid))["attempts"] >= 1)
+
+    await system.wait_until(attempted, timeout_s=60)
+    await cancel(system, rid)
+    view = await wait_pickup(system, rid, "cancelled")
+    assert view["waybill"] == kdniao.orders[rid].waybill, "found the booking the timeout hid"
+    assert not kdniao.orders[rid].pickup_booked and kdniao.pickups_booked[rid] == 1
 
 
 @pytest.mark.parametrize(
