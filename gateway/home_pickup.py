@@ -516,8 +516,14 @@ class HomePickupDesk:
         carrier = exc.carrier if isinstance(exc, CarrierError) else job.carrier
         log.error("home pickup %s refused: %s", job.return_id, detail)
         async with self._db.transaction() as tx:
-            status = Status.CANCELLED if job.cancel_reason else Status.REJECTED
-            if not await self._set_in(tx, token, job, status, detail) or job.cancel_reason:
+            # Read under lock: the return may have been cancelled since the claim.
+            row = await tx.fetchone(
+                "SELECT cancel_reason FROM home_pickups WHERE return_id = ?" + tx.for_update(),
+                (job.return_id,),
+            )
+            unwanted = row is not None and row[0] is not None
+            status = Status.CANCELLED if unwanted else Status.REJECTED
+            if not await self._set_in(tx, token, job, status, detail) or unwanted:
                 return
             subject = Subject.home_pickup(job.return_id, carrier)
             exception_id, _ = await queue.open_exception(

@@ -43,6 +43,14 @@ async def system(
         await s.stop()
 
 
+TIMES_OUT_ONCE = options(
+    carrier_knobs=CarrierKnobs(time_out_next=1),
+    carrier_timeout_s=0.5,
+    carrier_retry=RetrySettings(attempts=1),
+)
+"""The first booking is made at the carrier but its reply comes too late."""
+
+
 def slot(start: datetime | None = None, hours: float = 2.0) -> dict[str, str]:
     start = start or datetime.now(UTC).replace(microsecond=0) + timedelta(hours=2)
     return {"start": start.isoformat(), "end": (start + timedelta(hours=hours)).isoformat()}
@@ -131,12 +139,7 @@ def slot_start(view: dict[str, Any]) -> str:
     return str(view["slot"]["start"])
 
 
-@pytest.mark.parametrize(
-    "system",
-    [options(carrier_knobs=CarrierKnobs(time_out_next=1), carrier_timeout_s=0.5,
-             carrier_retry=RetrySettings(attempts=1))],
-    indirect=True,
-)  # fmt: skip
+@pytest.mark.parametrize("system", [TIMES_OUT_ONCE], indirect=True)
 async def test_a_timed_out_booking_is_retried_without_a_second_courier(
     system: LocalSystem,
 ) -> None:
@@ -223,12 +226,7 @@ async def test_cancelling_while_the_carrier_is_down_books_nothing(system: LocalS
     assert system.kdniao is not None and rid not in system.kdniao.orders
 
 
-@pytest.mark.parametrize(
-    "system",
-    [options(carrier_knobs=CarrierKnobs(time_out_next=1), carrier_timeout_s=0.5,
-             carrier_retry=RetrySettings(attempts=1))],
-    indirect=True,
-)  # fmt: skip
+@pytest.mark.parametrize("system", [TIMES_OUT_ONCE], indirect=True)
 async def test_cancelling_after_a_timed_out_booking_cancels_the_courier(
     system: LocalSystem,
 ) -> None:
