@@ -27,6 +27,10 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--returns", type=_positive, default=20)
     demo.add_argument("--stores", type=_positive, default=1)
     demo.add_argument("--kiosks", type=_positive, default=2, help="kiosks per store")
+    demo.add_argument(
+        "--home-pickups", type=int, default=0, metavar="N",
+        help="also N returns a courier collects at the customer's address (上门取件)",
+    )  # fmt: skip
     demo.add_argument("--workdir", type=Path, help="keep databases and printed PNGs here")
     demo.add_argument(
         "--policy", choices=[p.value for p in RefundPolicy if p is not RefundPolicy.MANUAL],
@@ -95,6 +99,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             returns=args.returns,
             stores=args.stores,
             kiosks=args.kiosks,
+            home_pickups=max(0, args.home_pickups),
             workdir=args.workdir,
             policy=RefundPolicy(args.policy),
         )

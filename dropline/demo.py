@@ -26,6 +26,7 @@ class DemoOptions:
     returns: int = 20
     stores: int = 1
     kiosks: int = 2
+    home_pickups: int = 0
     workdir: Path | None = None
     policy: RefundPolicy = RefundPolicy.ON_RECEIPT
     timeout_s: float = 300.0
@@ -42,6 +43,7 @@ class DemoReport:
     wall_s: float
     prints: list[Path]
     services: Counter[str] = field(default_factory=Counter)  # totes per carrier service
+    home_pickups: Counter[str] = field(default_factory=Counter)  # pickups per status
 
     @property
     def ok(self) -> bool:
@@ -115,6 +117,12 @@ async def _drive(system: LocalSystem, options: DemoOptions, started: float) -> D
         for i in range(options.returns)
     ]
     ids = [r["id"] for r in created]
+    if options.home_pickups:
+        _say(f"authorizing {options.home_pickups} home pickup(s): couriers come to the shoppers")
+        ids += [
+            (await system.authorize_home_pickup(options.returns + i))["id"]
+            for i in range(options.home_pickups)
+        ]
     by_kiosk: dict[int, list[dict[str, Any]]] = {}
     kiosks_of = {s: [i for i, k in enumerate(system.kiosks) if k.store == s] for s in stores}
     for n, ret in enumerate(created):
@@ -154,6 +162,9 @@ async def _report(
     rows = await system.gateway.db.fetchall(
         "SELECT service, count(*) FROM totes WHERE service IS NOT NULL GROUP BY service"
     )
+    pickups = await system.gateway.db.fetchall(
+        "SELECT status, count(*) FROM home_pickups GROUP BY status"
+    )
     return DemoReport(
         states=Counter(v["state"] for v in views),
         refunds_per_return=refunds,
@@ -162,6 +173,7 @@ async def _report(
         wall_s=time.monotonic() - started,
         prints=prints,
         services=Counter({str(s): int(n) for s, n in rows}),
+        home_pickups=Counter({str(s): int(n) for s, n in pickups}),
     )
 
 
@@ -187,6 +199,9 @@ def summarize(report: DemoReport, workdir_kept: bool) -> str:
         + (", ".join(f"{s} {n}" for s, n in sorted(report.services.items())) or "none"),
         f"  wall time: {report.wall_s:.1f} s",
     ]
+    if report.home_pickups:
+        lines.insert(-1, "  home pickups: " + ", ".join(
+            f"{s} {n}" for s, n in sorted(report.home_pickups.items())))  # fmt: skip
     receipts = [p for p in report.prints if p.name.startswith("receipt")]
     labels = [p for p in report.prints if p.name.startswith("tote")]
     if workdir_kept:

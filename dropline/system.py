@@ -12,6 +12,7 @@ import logging
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
@@ -479,6 +480,19 @@ class LocalSystem:
             if resp.status != 201:
                 raise RuntimeError(f"authorize failed: {resp.status} {data}")
             return data
+
+    async def authorize_home_pickup(self, n: int, **extra: Any) -> dict[str, Any]:
+        """``POST /v1/returns`` for a return a courier collects at the shopper's address in a
+        slot two hours from now (上门取件)."""
+        start = datetime.now(UTC).replace(microsecond=0) + timedelta(hours=2)
+        pickup = {
+            "address": {"province": "浙江省", "city": "杭州市", "district": "西湖区",
+                        "street": f"文三路 {n} 号"},
+            "contact": {"name": f"Shopper {n}", "phone": f"+86139{n:08d}"},
+            "slot": {"start": start.isoformat(),
+                     "end": (start + timedelta(hours=2)).isoformat()},
+        }  # fmt: skip
+        return await self.authorize_return(n, method="home_pickup", pickup=pickup, **extra)
 
     async def get_return(self, return_id: str) -> dict[str, Any]:
         """``GET /v1/returns/{id}``."""

@@ -6,9 +6,11 @@ import time
 import uuid
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
+from gateway import home_pickup
 from gateway.database import Database, Transaction
+from gateway.home_pickup import HomePickup
 from gateway.keys import SigningKeys
 from gateway.returns import Cause, CauseKind, ReturnState, record_creation
 from protocol import shortcode, voucher
@@ -52,7 +54,8 @@ class ReturnRequest(_Input):
     reason: str = Field(min_length=1, max_length=200)
     refund: Money
     customer: Customer
-    method: Literal["locker", "counter"] = "locker"
+    method: Literal["locker", "counter", "home_pickup"] = "locker"
+    pickup: HomePickup | None = Field(default=None, validate_default=True)
     size: Literal["S", "M", "L", "XL"] = "M"
     stores: list[str] = Field(default_factory=list, max_length=voucher.MAX_STORES)
     expires_in_s: int | None = Field(default=None, ge=60, le=90 * 86_400)
@@ -64,6 +67,16 @@ class ReturnRequest(_Input):
             if not re.match(ID_PATTERN, store):
                 raise ValueError(f"invalid store id {store!r}")
         return stores
+
+    @field_validator("pickup")
+    @classmethod
+    def _pickup_iff_home_pickup(cls, pickup: HomePickup | None, info: ValidationInfo) -> object:
+        wanted = info.data.get("method") == "home_pickup"
+        if wanted and pickup is None:
+            raise ValueError("required when method is home_pickup")
+        if pickup is not None and not wanted:
+            raise ValueError("only for method home_pickup")
+        return pickup
 
 
 class UnknownMerchantError(LookupError):
@@ -94,6 +107,8 @@ async def authorize(
     async with db.transaction() as tx:
         await _check_references(tx, req)
         await _insert(tx, return_id, req, token, expires_at, claims.items, now)
+        if req.pickup is not None:
+            await home_pickup.plan(tx, str(return_id), req.pickup)
         await record_creation(tx, str(return_id), ReturnState.AUTHORIZED, Cause(CauseKind.API))
     return str(return_id)
 

@@ -1,7 +1,8 @@
 """The carrier exception queue: shipments and totes that need a person, each with a reason.
 
-An exception has a *subject* (``shipment:{carrier}:{waybill}`` or ``tote:{id}``); a subject
-has at most one open exception, so repeated problem pushes update it rather than pile up.
+An exception has a *subject* (``shipment:{carrier}:{waybill}``, ``tote:{id}`` or
+``pickup:{return id}``); a subject has at most one open exception, so repeated problem pushes
+update it rather than pile up.
 Resolving is the tracking desk's job (it moves the returns back onto their journey); this
 module stores and reads the queue.
 """
@@ -21,6 +22,8 @@ class Reason(StrEnum):
     CARRIER_PROBLEM = "carrier_problem"  # Kdniao State 4 / StateEx 401–423, SF problem opCodes
     NO_TRACKING_NEWS = "no_tracking_news"  # quiet past tracking.silent_after_s, polls too
     BOOKING_REJECTED = "booking_rejected"  # the carrier refused the shipment or its pickup
+    PICKUP_REJECTED = "pickup_rejected"  # the carrier refused a home pickup (slot, address)
+    PICKUP_NOT_CANCELLED = "pickup_not_cancelled"  # too late: the courier has the parcel
 
 
 class Resolution(StrEnum):
@@ -60,6 +63,11 @@ class Subject:
     def tote(cls, tote_id: str, carrier: str | None) -> "Subject":
         """A tote whose booking failed."""
         return cls(f"tote:{tote_id}", carrier, None, tote_id, None)
+
+    @classmethod
+    def home_pickup(cls, return_id: str, carrier: str | None) -> "Subject":
+        """A return's home pickup that could not be booked or cancelled."""
+        return cls(f"pickup:{return_id}", carrier, None, None, return_id)
 
 
 COLUMNS = (

@@ -49,6 +49,7 @@ class MessageKind(StrEnum):
 
     VOUCHER = "voucher"
     DROPOFF_RECEIPT = "dropoff_receipt"
+    PICKUP_BOOKED = "pickup_booked"  # a courier comes to the customer (home pickup)
     REFUND_ISSUED = "refund_issued"
 
 

@@ -221,23 +221,36 @@ def _review_reason(terms: _Terms, flag: str | None) -> str | None:
     return None if flag is None else f"risk:{flag}"
 
 
-def _due(target: ReturnState, policy: RefundPolicy) -> bool:
-    if target is ReturnState.DROPPED_OFF:
-        return policy is RefundPolicy.ON_DROPOFF
-    return target is ReturnState.RECEIVED and policy is not RefundPolicy.ON_DROPOFF
+def handed_over(t: Transition) -> bool:
+    """True when ``t`` is the moment the shopper parts with the parcel: the drop-off at a
+    kiosk, or the courier collecting a home pickup (``authorized`` → a travel state)."""
+    if t.to_state is ReturnState.DROPPED_OFF:
+        return True
+    return t.from_state is ReturnState.AUTHORIZED and t.to_state in JOURNEY[2:]
+
+
+def may_be_due(t: Transition) -> bool:
+    """True when ``t`` may call for a refund or finish a refunded return."""
+    return t.to_state is ReturnState.RECEIVED or handed_over(t)
+
+
+def _due(t: Transition, policy: RefundPolicy) -> bool:
+    if policy is RefundPolicy.ON_DROPOFF:
+        # Asking again on receipt is a no-op once asked; it covers a hand-over the history
+        # does not show (a home pickup held in ``exception`` before its collection).
+        return handed_over(t) or t.to_state is ReturnState.RECEIVED
+    return t.to_state is ReturnState.RECEIVED
 
 
 async def apply_policy(tx: Transaction, transitions: Sequence[Transition]) -> None:
     """The refund side of transitions (called from the state-machine hook, in their
     transaction): ask for each refund the merchant's policy calls for now, and finish
     returns that are received and already refunded."""
-    relevant = [
-        t for t in transitions if t.to_state in (ReturnState.DROPPED_OFF, ReturnState.RECEIVED)
-    ]
+    relevant = [t for t in transitions if may_be_due(t)]
     if not relevant:
         return
     terms = await _terms_many(tx, [t.return_id for t in relevant])
-    due = [t.return_id for t in relevant if _due(t.to_state, terms[t.return_id].policy)]
+    due = [t.return_id for t in relevant if _due(t, terms[t.return_id].policy)]
     await _ask(tx, due, terms)
     for t in relevant:
         if t.to_state is ReturnState.RECEIVED:

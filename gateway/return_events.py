@@ -12,9 +12,15 @@ path moves a return (REST API, kiosk events in batches, tracking, refunds, opera
 | received      | ``return.received``   |                   | asked for otherwise        |
 | exception     | ``return.exception``  |                   |                            |
 
+A home pickup's collection (``authorized`` → ``shipped`` or later) is its drop-off for the
+``on_dropoff`` policy (``refunds.may_be_due``), and its pickup follows every transition
+(``gateway/home_pickup.py``: released on approval, cancelled when the return is cancelled,
+expires or is dropped off at a kiosk instead).
+
 ``refund.issued`` (and the customer's refund notice) come from the refund desk when the
 provider confirms (:func:`refund_issued`); ``shipment.created`` from the tote booking
-(:func:`shipment_created`). Every event has a dedupe key, so emitting it twice is a no-op.
+(:func:`shipment_created`) or the home pickup's booking (:func:`home_pickup_booked`). Every
+event has a dedupe key, so emitting it twice is a no-op.
 """
 
 import json
@@ -23,7 +29,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from gateway import notifications, refunds, webhooks
+from gateway import home_pickup, notifications, refunds, webhooks
+from gateway.carriers.base import CHINA_TIME, PickupBooking
 from gateway.config import RefundPolicy
 from gateway.database import Transaction, placeholders
 from gateway.notifications import CustomerMessage, MessageKind
@@ -40,12 +47,13 @@ CUSTOMER_MESSAGES: dict[ReturnState, MessageKind] = {
     ReturnState.AUTHORIZED: MessageKind.VOUCHER,
     ReturnState.DROPPED_OFF: MessageKind.DROPOFF_RECEIPT,
 }
-REFUND_TRIGGERS = frozenset({ReturnState.DROPPED_OFF, ReturnState.RECEIVED})
 REFUND_NOTES = {
     RefundPolicy.ON_DROPOFF: "refunded now that your parcel is dropped off",
     RefundPolicy.ON_RECEIPT: "refunded when your parcel reaches the warehouse",
     RefundPolicy.MANUAL: "refunded after the merchant has checked the items",
 }
+
+PICKUP_REFUND_NOTES = {RefundPolicy.ON_DROPOFF: "refunded when the courier collects your parcel"}
 
 
 @dataclass(frozen=True)
@@ -111,9 +119,8 @@ def _return_data(f: _Facts, t: Transition) -> dict[str, Any]:
 async def on_transitions(tx: Transaction, transitions: Sequence[Transition]) -> None:
     """Queue the webhooks and customer messages of ``transitions`` and apply the refund
     policy, in ``tx``. Takes a batch so that batched callers pay one round of queries."""
-    relevant = [
-        t for t in transitions if t.to_state in RETURN_EVENTS or t.to_state in REFUND_TRIGGERS
-    ]
+    await home_pickup.on_transitions(tx, transitions)
+    relevant = [t for t in transitions if t.to_state in RETURN_EVENTS or refunds.may_be_due(t)]
     if not relevant:
         return
     facts = await _facts(tx, [t.return_id for t in relevant])
@@ -184,4 +191,37 @@ async def shipment_created(tx: Transaction, tote_id: str, carrier: str, waybill:
             )
             for merchant, returns in sorted(by_merchant.items())
         ],
+    )
+
+
+def _window_text(booking: PickupBooking) -> str:
+    start = booking.window_start.astimezone(CHINA_TIME)
+    end = booking.window_end.astimezone(CHINA_TIME)
+    return f"{start:%Y-%m-%d %H:%M}–{end:%H:%M} (Beijing time)"
+
+
+async def home_pickup_booked(tx: Transaction, return_id: str, booking: PickupBooking) -> None:
+    """A courier is booked to collect the return at the customer's: ``shipment.created`` to
+    the merchant (the tote's shape, with no tote) and the booking notice to the customer."""
+    f = (await _facts(tx, [return_id]))[return_id]
+    pickup_code = booking.booking_id if booking.booking_id != return_id else None
+    window = {"start": booking.window_start.isoformat(), "end": booking.window_end.isoformat()}
+    data = {
+        "tote_id": None,
+        "carrier": booking.carrier,
+        "waybill": booking.waybill,
+        "returns": [{"return_id": return_id, "order_id": f.order_id}],
+        "home_pickup": {"window": window, "pickup_code": pickup_code},
+    }
+    key = f"shipment.created:{return_id}"
+    await webhooks.emit(tx, f.merchant, EventType.SHIPMENT_CREATED, key, data)
+    context = {
+        "carrier": booking.carrier,
+        "waybill": booking.waybill,
+        "pickup_code": pickup_code or "",
+        "window": _window_text(booking),
+        "refund_note": PICKUP_REFUND_NOTES.get(f.policy, REFUND_NOTES[f.policy]),
+    }
+    await notifications.queue_many(
+        tx, [CustomerMessage(return_id, MessageKind.PICKUP_BOOKED, f.customer, context)]
     )

@@ -50,6 +50,7 @@ class CauseKind(StrEnum):
     EVENT = "event"
     CONSOLIDATION = "consolidation"
     TRACKING = "tracking"
+    CARRIER = "carrier"  # a carrier's answer to a booking (a home pickup refused)
     REFUND = "refund"
     OPERATOR = "operator"
 

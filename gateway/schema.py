@@ -364,6 +364,33 @@ MIGRATIONS: list[str] = [
     CREATE UNIQUE INDEX signing_keys_one_active ON signing_keys (active) WHERE active = 1;
     CREATE INDEX commands_unanswered ON commands (outcome, sent_at);
     """,
+    # 7: home pickups (上门取件): a courier collects one return at the customer's door.
+    """
+    CREATE TABLE home_pickups (
+        return_id TEXT PRIMARY KEY REFERENCES returns (id),
+        status TEXT NOT NULL,
+        address TEXT NOT NULL,
+        slot_start DOUBLE PRECISION NOT NULL,
+        slot_end DOUBLE PRECISION NOT NULL,
+        service TEXT,
+        carrier TEXT,
+        product TEXT,
+        choice TEXT,
+        waybill TEXT,
+        booking_id TEXT,
+        window_start DOUBLE PRECISION,
+        window_end DOUBLE PRECISION,
+        cancel_reason TEXT,
+        maybe_booked BIGINT NOT NULL DEFAULT 0,
+        attempts BIGINT NOT NULL DEFAULT 0,
+        next_attempt_at DOUBLE PRECISION NOT NULL,
+        claim TEXT,
+        last_error TEXT,
+        created_at DOUBLE PRECISION NOT NULL,
+        updated_at DOUBLE PRECISION NOT NULL
+    );
+    CREATE INDEX home_pickups_due ON home_pickups (status, next_attempt_at);
+    """,
 ]
 
 

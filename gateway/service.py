@@ -14,7 +14,14 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from gateway import carrier_exceptions, commands, consolidation, kiosk_flows, refunds
+from gateway import (
+    carrier_exceptions,
+    commands,
+    consolidation,
+    home_pickup,
+    kiosk_flows,
+    refunds,
+)
 from gateway.api import make_app
 from gateway.carrier_choice import CarrierChooser
 from gateway.carriers.base import Carrier
@@ -26,6 +33,7 @@ from gateway.config import BreakerSettings, GatewayConfig, RetrySettings
 from gateway.database import Database, open_database
 from gateway.dropoffs import DropoffDesk
 from gateway.faults import FaultLog
+from gateway.home_pickup import HomePickupDesk
 from gateway.ingest import Ingest
 from gateway.keys import SigningKeys
 from gateway.mqtt import Batch, GatewayLink, GatewayLinkDownError
@@ -80,9 +88,9 @@ class Gateway:
             cfg.notifications,
         )
         self.tracking = TrackingDesk(self._db, cfg.tracking, self.carriers)
-        self.shipping = ShippingDesk(
-            self._db, cfg, self.carriers, CarrierChooser.from_config(cfg), self.tracking
-        )
+        chooser = CarrierChooser.from_config(cfg)
+        self.shipping = ShippingDesk(self._db, cfg, self.carriers, chooser, self.tracking)
+        self.home_pickups = HomePickupDesk(self._db, cfg, self.carriers, chooser)
         self.ingest = self._make_ingest()
         self.dispatcher = CommandDispatcher(self._db)
         self.link = GatewayLink(
@@ -288,6 +296,7 @@ class Gateway:
             log.info("tote %s closed: %s", tote_id, reason)
         await self.ingest.release_stale_gaps(self.config.seq_gap_timeout_s)
         await self.shipping.book_due()
+        await self.home_pickups.process_due()
         await kiosk_flows.sync_due(self.db)
         await self.tracking.poll_due()
         await self._dispatch_commands()
@@ -341,7 +350,11 @@ class Gateway:
                 if history
                 else []
             )
-        return _return_json(row, refund, lines, base_url, history)
+            pickup = await home_pickup.view(tx, return_id)
+        view = _return_json(row, refund, lines, base_url, history)
+        if pickup is not None:
+            view["home_pickup"] = pickup
+        return view
 
     async def list_returns(
         self, *, state: str | None, merchant: str | None, limit: int
@@ -382,6 +395,10 @@ class Gateway:
             "totes_booked": self.shipping.booked,
             "booking_failures": self.shipping.booking_failures,
             "booking_rejections": self.shipping.booking_rejections,
+            "home_pickups_booked": self.home_pickups.booked,
+            "home_pickups_cancelled": self.home_pickups.cancelled,
+            "home_pickup_failures": self.home_pickups.failures,
+            "home_pickup_rejections": self.home_pickups.rejections,
             "tracking_applied": self.tracking.applied,
             "tracking_duplicates": self.tracking.duplicates,
             "tracking_unknown_waybills": self.tracking.unknown_waybills,

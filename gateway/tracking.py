@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway import carrier_exceptions as queue
+from gateway import home_pickup
 from gateway.carrier_exceptions import Reason, Resolution, Subject
 from gateway.carriers.base import Carrier, CarrierError, Shipment, TrackingState, TrackingUpdate
 from gateway.config import TrackingSettings
@@ -347,9 +348,13 @@ class TrackingDesk:
         item = await queue.fetch(tx, exception_id)
         assert item is not None
         log.info("exception %s resolved by %s: %s", exception_id, by, resolution)
-        if item["waybill"] is None:
-            if resolution is not Resolution.CLOSE and item["tote_id"] is not None:
+        if item["waybill"] is None:  # a booking was refused
+            if resolution is Resolution.CLOSE:
+                return
+            if item["tote_id"] is not None:
                 await self._rebook(tx, str(item["tote_id"]))
+            elif item["return_id"] is not None:
+                await home_pickup.rebook(tx, str(item["return_id"]), exception_id)
             return
         ship = await self._shipment(tx, str(item["carrier"]), str(item["waybill"]))
         if ship is None:

@@ -10,10 +10,13 @@ import time
 from collections import Counter
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import aiohttp
 from aiohttp import web
+
+from gateway.carriers.base import CHINA_TIME
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +36,7 @@ class CarrierKnobs:
     time_out_next: int = 0  # the next N requests are carried out, then answered too late
     pushes: bool = True  # False: the carrier goes quiet; tracking only by query
     refuse_provinces: tuple[str, ...] = ()  # senders there are out of the service area
+    pickup_hours: tuple[int, int] | None = None  # couriers call [from, to) Beijing time
     seed: int = 0
 
 
@@ -86,6 +90,16 @@ class SimulatedCarrierServer:
     def rate_limited_body(self) -> dict[str, Any]:
         """The carrier's JSON body for a rate-limited request."""
         raise NotImplementedError
+
+    def slot_refused(self, start: datetime | None) -> str | None:
+        """Why no courier can come at ``start`` (the ``pickup_hours`` knob), or None."""
+        hours = self.knobs.pickup_hours
+        if hours is None or start is None:
+            return None
+        hour = start.astimezone(CHINA_TIME).hour
+        if hours[0] <= hour < hours[1]:
+            return None
+        return f"预约时间不在服务时间 {hours[0]:02d}:00–{hours[1]:02d}:00 内"
 
     # ---- faults -------------------------------------------------------------------------
 

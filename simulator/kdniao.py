@@ -150,6 +150,9 @@ class KdniaoSimulator(SimulatedCarrierServer):
         if order is not None and (order.pickup_booked or order.cancelled):
             return self._duplicate(order)
         if order is None:  # a home pickup: the courier order makes the waybill
+            refused = self.slot_refused(parse_wire_time(str(data.get("StartDate", ""))))
+            if refused is not None:
+                return self._reply(wire.BAD_DATA, refused)
             made = self._new_order(data)
             if isinstance(made, web.Response):
                 return made

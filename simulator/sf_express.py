@@ -21,7 +21,7 @@ from typing import Any
 from aiohttp import web
 
 from gateway.carriers import sf_wire as wire
-from gateway.carriers.base import wire_time
+from gateway.carriers.base import parse_wire_time, wire_time
 from simulator.carrier_http import CarrierKnobs, SimulatedCarrierServer
 
 PATH = "/std/service"
@@ -30,6 +30,7 @@ PATH = "/std/service"
 ERR_BAD_FIELD = "1010"
 ERR_NOT_FOUND = "8018"
 ERR_CANNOT_CANCEL = "8037"
+ERR_SLOT_REFUSED = "8114"
 
 
 @dataclass
@@ -154,6 +155,10 @@ class SfExpressSimulator(SimulatedCarrierServer):
             return self._error(ERR_BAD_FIELD, "orderId and contactInfoList are required")
         if order_id in self.orders:
             return self._error(wire.DUPLICATE_ORDER, "重复下单")
+        if data.get("isDocall") == 1:
+            no_courier = self.slot_refused(parse_wire_time(str(data.get("sendStartTm", ""))))
+            if no_courier is not None:
+                return self._error(ERR_SLOT_REFUSED, no_courier)
         sender = next((c for c in contacts if isinstance(c, dict) and c.get("contactType") == 1),
                       {})  # fmt: skip
         province = str(sender.get("province", ""))

@@ -207,6 +207,10 @@ def test_templates_escape_html_and_fill_both_parts() -> None:
             "device": "k",
             "at": 0.0,
             "refund_note": "soon",
+            "carrier": "kdniao",
+            "waybill": "YTO1",
+            "pickup_code": "PK1",
+            "window": "2026-11-24 09:00–11:00 (Beijing time)",
         }
         mail = renderer.render("n-1", kind, "email", "a@b", facts, context)
         assert mail.html is not None and "<script>" not in mail.html
