@@ -109,7 +109,7 @@ async def seed(database: str, kiosk_plans: list[KioskPlan]) -> None:
     db = await open_database(database)
     now = time.time()
     rows = [
-        (rid, MERCHANT, f"o-{rid}", "[]", 1, "bench", 1000, "CNY", "locker", "M",
+        (rid, p.merchant, f"o-{rid}", "[]", 1, "bench", 1000, "CNY", "locker", "M",
          json.dumps([p.store]), '{"name": "Bench"}', "authorized", f"B{n:09d}", "v",
          now + 86_400, now, now)
         for n, (p, rid) in enumerate((p, r) for p in kiosk_plans for r in p.return_ids)
@@ -148,23 +148,33 @@ def _worker(
     kiosk_plans: list[KioskPlan],
     window: int,
     gateway: bool,
+    rate_per_kiosk: float,
     barrier: Barrier,
     results: "multiprocessing.Queue[list[KioskResult]]",
 ) -> None:
     results.put(run_kiosks("127.0.0.1", port, kiosk_plans, window=window, gateway=gateway,
-                           ready=barrier.wait))  # fmt: skip
+                           rate_per_kiosk=rate_per_kiosk, ready=barrier.wait))  # fmt: skip
 
 
 def load(
-    port: int, kiosk_plans: list[KioskPlan], args: argparse.Namespace, *, gateway: bool
+    port: int,
+    kiosk_plans: list[KioskPlan],
+    args: argparse.Namespace,
+    *,
+    gateway: bool,
+    rate_per_kiosk: float = 0.0,
 ) -> list[KioskResult]:
-    """Run the kiosks in ``args.workers`` processes, all starting at one barrier."""
+    """Run the kiosks in ``args.workers`` processes, all starting at one barrier; paced at
+    ``rate_per_kiosk`` events/s each, or as fast as acks allow."""
     ctx = multiprocessing.get_context("fork")
     barrier = ctx.Barrier(args.workers)
     queue: multiprocessing.Queue[list[KioskResult]] = ctx.Queue()
     shares = [kiosk_plans[w :: args.workers] for w in range(args.workers)]
     workers = [
-        ctx.Process(target=_worker, args=(port, share, args.window, gateway, barrier, queue))
+        ctx.Process(
+            target=_worker,
+            args=(port, share, args.window, gateway, rate_per_kiosk, barrier, queue),
+        )
         for share in shares
     ]
     for w in workers:
@@ -261,7 +271,7 @@ def raw_case(broker: MosquittoBroker, args: argparse.Namespace) -> dict[str, Any
     queue: multiprocessing.Queue[list[KioskResult]] = ctx.Queue()
     workers = [
         ctx.Process(
-            target=_worker, args=(broker.port, s, args.window, False, counter_barrier, queue)
+            target=_worker, args=(broker.port, s, args.window, False, 0.0, counter_barrier, queue)
         )
         for s in shares
     ]

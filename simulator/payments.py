@@ -3,6 +3,7 @@
 import asyncio
 import itertools
 import random
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +36,8 @@ class PaymentsSimulator:
         self.webhook_secret = webhook_secret
         self.knobs = knobs or PaymentKnobs()
         self.refunds: list[dict[str, Any]] = []
+        self.paid_at: dict[str, float] = {}
+        """Return id → when its (first) refund was made, for latency measurements."""
         self._idempotency: dict[str, tuple[dict[str, str], int, dict[str, Any]]] = {}
         self._ids = itertools.count(1)
         self._rng = random.Random(self.knobs.seed)
@@ -161,6 +164,7 @@ class PaymentsSimulator:
             "payment_intent": params.get("payment_intent"),
         }
         self.refunds.append(refund)
+        self.paid_at.setdefault(metadata.get("return_id", ""), time.time())
         return 200, refund
 
     async def _list(self, request: web.Request) -> web.Response:
