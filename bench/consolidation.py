@@ -27,6 +27,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.machine import describe
+from bench.seed import seed
 from gateway.config import ConsolidationRules
 from gateway.consolidation import Packing, Parcel, ToteSnapshot, close_due, pack, plan
 from gateway.database import open_database
@@ -75,14 +76,7 @@ async def _close_due_on_sqlite(
         closed = {tote_id: reason for p in packings for tote_id, reason in p.closed}
         open_at = {t.tote_id: t.opened_at for t in totes}
         async with db.transaction() as tx:
-            await tx.execute(
-                "INSERT INTO merchants (id, name, refund_policy, currency) "
-                "VALUES ('acme', 'ACME', 'on_receipt', 'CNY')"
-            )
-            await tx.executemany(
-                "INSERT INTO stores (id, name) VALUES (?, ?)",
-                [(p.totes[0].store, p.totes[0].store) for p in packings],
-            )
+            await seed(tx, [p.totes[0].store for p in packings])
             await tx.executemany(
                 "INSERT INTO totes (id, store, state, item_count, weight_kg, volume_l, opened_at,"
                 " closed_at, close_reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",

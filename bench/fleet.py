@@ -47,6 +47,7 @@ import aiohttp
 import aiomqtt
 
 from bench.machine import describe
+from bench.seed import seed
 from dropline.broker import MosquittoBroker, free_port
 from gateway.authorization import ReturnRequest, authorize
 from gateway.config import GatewayConfig
@@ -220,14 +221,7 @@ async def _authorize_returns(
     db = await open_database(db_path)
     try:
         async with db.transaction() as tx:
-            await tx.execute(
-                "INSERT INTO merchants (id, name, refund_policy, currency) "
-                "VALUES ('acme', 'ACME', 'on_receipt', 'CNY')"
-            )
-            await tx.executemany(
-                "INSERT INTO stores (id, name) VALUES (?, ?)",
-                [(s.id, s.name) for s in config.stores],
-            )
+            await seed(tx, [s.id for s in config.stores])
         keys = await SigningKeys.load_or_create(db)
         owned = []
         for k, ident in enumerate(idents):
