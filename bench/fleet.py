@@ -568,7 +568,7 @@ async def _kiosk_phase(
     options: Options, rig: Rig, idents: list[KioskIdentity], owned: list[list[str]]
 ) -> dict[str, Any]:
     broker, poller = rig.broker, rig.poller
-    base_clients = rig.count.latest
+    base_clients = await rig.count.fresh(time.time())  # the gateway and the bench itself
     plans, doomed = _kiosk_plans(options, broker.host, broker.port, idents, owned)
     workers = _start_workers(plans)
     # ---- 1. ramp and hold

@@ -299,7 +299,8 @@ async def sync_due(db: Database) -> int:
         new = await _new_vouchers(tx, min(d[4] for d in devices), now)
         for store, device, _, fresh, since in devices:
             vouchers = [code for created, code in new.get(store, ()) if created >= since]
-            queued += await _sync_device(tx, store, device, vouchers, fresh, now)
+            if vouchers or fresh:
+                queued += await _sync_device(tx, store, device, vouchers, fresh, now)
         await tx.executemany(
             "INSERT INTO voucher_sync (store, device, session, synced_until) "
             "VALUES (?, ?, ?, ?) ON CONFLICT (store, device) DO UPDATE SET "
