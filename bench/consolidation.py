@@ -62,10 +62,6 @@ def _open_totes(packings: list[Packing], rng: random.Random) -> list[ToteSnapsho
     return open_
 
 
-def _best(timings: list[float]) -> float:
-    return min(timings)
-
-
 async def _close_due_on_sqlite(
     packings: list[Packing], totes: list[ToteSnapshot], rules: ConsolidationRules, path: Path
 ) -> tuple[float, float, int]:
@@ -137,7 +133,7 @@ async def run(returns: int, stores: int, seed: int) -> dict[str, object]:
         )
     if closed_in_db != len(due):
         raise SystemExit(f"close_due closed {closed_in_db} totes, plan said {len(due)}")
-    total = _best(pack_times) + _best(plan_times)
+    total = min(pack_times) + min(plan_times)
     return {
         "returns": returns,
         "stores": stores,
@@ -151,9 +147,9 @@ async def run(returns: int, stores: int, seed: int) -> dict[str, object]:
         "totes_open": len(totes),
         "totes_due": len(due),
         "due_by_reason": dict(sorted(reasons.items())),
-        "pack_seconds": round(_best(pack_times), 4),
+        "pack_seconds": round(min(pack_times), 4),
         "pack_median_seconds": round(statistics.median(pack_times), 4),
-        "plan_seconds": round(_best(plan_times), 4),
+        "plan_seconds": round(min(plan_times), 4),
         "plan_median_seconds": round(statistics.median(plan_times), 4),
         "planning_seconds": round(total, 4),
         "returns_planned_per_s": round(returns / total),

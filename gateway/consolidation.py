@@ -138,7 +138,10 @@ async def add_to_totes(
     the next) whenever a parcel would not fit. One tote row is locked per store."""
     now = time.time()
     current = await _open_tote(tx, store)
-    packing = pack(current or _fresh_tote(store, now), parcels, rules, now)
+    if current is None:  # claim the store's one open tote before anything else
+        current = _fresh_tote(store, now)
+        await _insert(tx, current)
+    packing = pack(current, parcels, rules, now)
     reasons = dict(packing.closed)
     # In order, each closed before the next is inserted: a store has one open tote.
     for tote in packing.totes:
