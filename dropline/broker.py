@@ -9,6 +9,7 @@ import asyncio
 import shutil
 import socket
 import subprocess
+from collections.abc import Sequence
 from pathlib import Path
 
 MOSQUITTO_CANDIDATES = ("mosquitto", "/usr/sbin/mosquitto")
@@ -36,11 +37,15 @@ def free_port() -> int:
 
 
 class MosquittoBroker:
-    """One mosquitto process bound to 127.0.0.1:``port``, persisting to ``directory``."""
+    """One mosquitto process bound to 127.0.0.1:``port``, persisting to ``directory``.
+    ``options`` are further ``mosquitto.conf`` lines (a benchmark's ``sys_interval 1``)."""
 
-    def __init__(self, directory: Path, port: int | None = None) -> None:
+    def __init__(
+        self, directory: Path, port: int | None = None, *, options: Sequence[str] = ()
+    ) -> None:
         self.directory = directory
         self.port = port or free_port()
+        self.options = list(options)
         self.host = "127.0.0.1"
         self._process: subprocess.Popen[bytes] | None = None
 
@@ -60,6 +65,7 @@ class MosquittoBroker:
                     "log_type error",
                     "log_type warning",
                     f"log_dest file {self.directory / 'mosquitto.log'}",
+                    *self.options,
                     "",
                 ]
             )
@@ -94,6 +100,11 @@ class MosquittoBroker:
             await writer.wait_closed()
             return
         raise BrokerError(f"mosquitto did not listen on {self.host}:{self.port}")
+
+    @property
+    def pid(self) -> int | None:
+        """The process id while it runs."""
+        return self._process.pid if self.running and self._process is not None else None
 
     @property
     def running(self) -> bool:

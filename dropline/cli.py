@@ -1,4 +1,4 @@
-"""The ``dropline`` command: ``gateway``, ``edge``, ``demo`` and ``scan``."""
+"""The ``dropline`` command: ``gateway``, ``edge``, ``demo``, ``scan`` and ``asyncapi``."""
 
 import argparse
 import asyncio
@@ -39,6 +39,9 @@ def _parser() -> argparse.ArgumentParser:
 
     scan = sub.add_parser("scan", help="decode barcode/QR images with the kiosk's decoder chain")
     scan.add_argument("images", nargs="+")
+
+    asyncapi = sub.add_parser("asyncapi", help="write the MQTT contract as AsyncAPI 3.0 JSON")
+    asyncapi.add_argument("--output", type=Path, help="file to write (default: stdout)")
 
     gateway = sub.add_parser("gateway", help="run the gateway")
     gateway.add_argument("--config", type=Path, required=True, help="gateway TOML file")
@@ -91,6 +94,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         from dropline.scan import run_scan
 
         return run_scan(args.images, sys.stdout)
+    if args.command == "asyncapi":
+        from protocol.asyncapi import render
+
+        if args.output is None:
+            sys.stdout.write(render())
+        else:
+            args.output.write_text(render(), encoding="utf-8")
+        return 0
     if args.command == "demo":
         from dropline.demo import DemoOptions
         from dropline.demo import main as demo_main

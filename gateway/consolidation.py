@@ -92,38 +92,69 @@ def _full(tote: ToteSnapshot, rules: ConsolidationRules) -> CloseReason | None:
     return None
 
 
-async def add_to_totes(
-    tx: Transaction, store: str, parcels: Sequence[Parcel], rules: ConsolidationRules
-) -> Placement:
-    """Put a store's newly dropped-off parcels into its open tote, closing it (and opening
-    the next) whenever a parcel would not fit. One tote row is locked per store."""
-    tote = await _open_tote(tx, store)
+def _fresh_tote(store: str, now: float) -> ToteSnapshot:
+    return ToteSnapshot("tote-" + new_id(), store, 0, 0.0, 0.0, now)
+
+
+@dataclass(frozen=True)
+class Packing:
+    """A store's parcels packed: the totes they went into (in order, each but the last
+    closed on the way), which tote each parcel went into, and the totes that closed."""
+
+    totes: list[ToteSnapshot]
+    tote_of: dict[str, str]
+    closed: list[tuple[str, CloseReason]]
+
+
+def pack(
+    tote: ToteSnapshot, parcels: Iterable[Parcel], rules: ConsolidationRules, now: float
+) -> Packing:
+    """Put parcels into ``tote`` in order, closing it and opening the next (at ``now``)
+    whenever a parcel would not fit; the last tote closes too if it has reached a limit."""
+    totes = [tote]
     tote_of: dict[str, str] = {}
     closed: list[tuple[str, CloseReason]] = []
     for parcel in parcels:
         profile = rules.profile(parcel.size)
         reason = _overflow(tote, profile, rules) if tote.items else None
         if reason is not None:
-            await _save_and_close(tx, tote, reason)
             closed.append((tote.tote_id, reason))
-            tote = await _open_tote(tx, store)
+            tote = _fresh_tote(tote.store, now)
+            totes.append(tote)
         tote.items += 1
         tote.weight_kg += profile.weight_kg
         tote.volume_l += profile.volume_l
         tote_of[parcel.return_id] = tote.tote_id
     full = _full(tote, rules)
     if full is not None:
-        await _save_and_close(tx, tote, full)
         closed.append((tote.tote_id, full))
-    else:
-        await _save(tx, tote)
-    return Placement(tote_of, closed)
+    return Packing(totes, tote_of, closed)
 
 
-async def _open_tote(tx: Transaction, store: str) -> ToteSnapshot:
-    """The store's open tote, locked; opened if there is none. Two replicas may open one
-    at once: the second insert does nothing (one open tote per store) and both use the one
-    that committed."""
+async def add_to_totes(
+    tx: Transaction, store: str, parcels: Sequence[Parcel], rules: ConsolidationRules
+) -> Placement:
+    """Put a store's newly dropped-off parcels into its open tote, closing it (and opening
+    the next) whenever a parcel would not fit. One tote row is locked per store."""
+    now = time.time()
+    current = await _open_tote(tx, store, now)
+    packing = pack(current, parcels, rules, now)
+    reasons = dict(packing.closed)
+    # In order, each closed before the next is inserted: a store has one open tote.
+    for tote in packing.totes:
+        if tote is current:
+            await _save(tx, tote)
+        else:
+            await _insert(tx, tote)
+        if tote.tote_id in reasons:
+            await close(tx, tote.tote_id, reasons[tote.tote_id])
+    return Placement(packing.tote_of, packing.closed)
+
+
+async def _open_tote(tx: Transaction, store: str, now: float) -> ToteSnapshot:
+    """The store's open tote, locked; opened first if there is none. Two replicas may open
+    one at once: the second insert does nothing (one open tote per store) and both go on
+    with the one that committed."""
     select = (
         "SELECT id, item_count, weight_kg, volume_l, opened_at FROM totes "
         "WHERE store = ? AND state = 'open'" + tx.for_update()
@@ -133,11 +164,19 @@ async def _open_tote(tx: Transaction, store: str) -> ToteSnapshot:
         await tx.execute(
             "INSERT INTO totes (id, store, state, opened_at) VALUES (?, ?, 'open', ?) "
             "ON CONFLICT DO NOTHING",
-            ("tote-" + new_id(), store, time.time()),
+            (_fresh_tote(store, now).tote_id, store, now),
         )
         row = await tx.fetchone(select, (store,))
         assert row is not None, "an open tote exists after the insert"
     return ToteSnapshot(str(row[0]), store, int(row[1]), float(row[2]), float(row[3]), row[4])
+
+
+async def _insert(tx: Transaction, tote: ToteSnapshot) -> None:
+    await tx.execute(
+        "INSERT INTO totes (id, store, state, opened_at, item_count, weight_kg, volume_l) "
+        "VALUES (?, ?, 'open', ?, ?, ?, ?)",
+        (tote.tote_id, tote.store, tote.opened_at, tote.items, tote.weight_kg, tote.volume_l),
+    )
 
 
 async def _save(tx: Transaction, tote: ToteSnapshot) -> None:
@@ -145,11 +184,6 @@ async def _save(tx: Transaction, tote: ToteSnapshot) -> None:
         "UPDATE totes SET item_count = ?, weight_kg = ?, volume_l = ? WHERE id = ?",
         (tote.items, tote.weight_kg, tote.volume_l, tote.tote_id),
     )
-
-
-async def _save_and_close(tx: Transaction, tote: ToteSnapshot, reason: CloseReason) -> None:
-    await _save(tx, tote)
-    await close(tx, tote.tote_id, reason)
 
 
 async def close(tx: Transaction, tote_id: str, reason: CloseReason) -> bool:

@@ -10,6 +10,7 @@ retained. SQL is in the dialect SQLite and PostgreSQL share.
 import json
 import logging
 import time
+from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
@@ -275,38 +276,68 @@ async def _lookup(tx: Transaction, store: str, device: str, code: str) -> bool:
 async def sync_due(db: Database) -> int:
     """Send each online kiosk the short codes of vouchers scoped to its store that it lacks
     (all of them after a restart of the kiosk, new ones otherwise) and, after a restart, its
-    pickup codes. Returns how many ``sync`` commands were queued."""
+    pickup codes. Returns how many ``sync`` commands were queued.
+
+    One query finds the new vouchers of every store, however many kiosks are online (it ran
+    once per kiosk, which held the writer for seconds at a thousand kiosks: bench/fleet.py).
+    """
     now = time.time() - SYNC_LAG_S
     queued = 0
     async with db.transaction() as tx:
-        devices = await tx.fetchall(
+        rows = await tx.fetchall(
             "SELECT p.store, p.device, p.session, s.session, s.synced_until "
             "FROM device_presence p LEFT JOIN voucher_sync s "
             "ON s.store = p.store AND s.device = p.device WHERE p.online = 1"
             + tx.for_update(of="p", skip_locked=True)  # replicas sync different kiosks
         )
-        for store, device, session, synced_session, synced_until in devices:
+        if not rows:
+            return 0
+        devices = []  # (store, device, session, fresh: a new session, synced since)
+        for store, device, session, synced_session, synced_until in rows:
             fresh = synced_session is None or int(synced_session) != int(session)
             since = 0.0 if fresh else float(synced_until)
-            queued += await _sync_device(tx, str(store), str(device), since, fresh, now)
-            await tx.execute(
-                "INSERT INTO voucher_sync (store, device, session, synced_until) "
-                "VALUES (?, ?, ?, ?) ON CONFLICT (store, device) DO UPDATE SET "
-                "session = excluded.session, synced_until = excluded.synced_until",
-                (store, device, session, now),
-            )
+            devices.append((str(store), str(device), int(session), fresh, since))
+        new = await _new_vouchers(tx, min(d[4] for d in devices), now)
+        for store, device, _, fresh, since in devices:
+            vouchers = [code for created, code in new.get(store, ()) if created >= since]
+            if vouchers or fresh:
+                queued += await _sync_device(tx, store, device, vouchers, fresh, now)
+        await tx.executemany(
+            "INSERT INTO voucher_sync (store, device, session, synced_until) "
+            "VALUES (?, ?, ?, ?) ON CONFLICT (store, device) DO UPDATE SET "
+            "session = excluded.session, synced_until = excluded.synced_until",
+            [(store, device, session, now) for store, device, session, _, _ in devices],
+        )
     return queued
 
 
-async def _sync_device(
-    tx: Transaction, store: str, device: str, since: float, fresh: bool, now: float
-) -> int:
+async def _new_vouchers(
+    tx: Transaction, since: float, now: float
+) -> dict[str, list[tuple[float, VoucherCode]]]:
+    """Store-scoped vouchers of authorized returns created in ``[since, now)``, by store,
+    oldest first, with their creation time."""
     rows = await tx.fetchall(
-        "SELECT short_code, voucher FROM returns WHERE state = 'authorized' AND expires_at > ? "
-        "AND created_at >= ? AND created_at < ? AND stores LIKE ? ORDER BY created_at",
-        (now + SYNC_LAG_S, since, now, f'%"{store}"%'),
+        "SELECT short_code, voucher, stores, created_at FROM returns WHERE state = 'authorized' "
+        "AND expires_at > ? AND created_at >= ? AND created_at < ? AND stores != '[]' "
+        "ORDER BY created_at",
+        (now + SYNC_LAG_S, since, now),
     )
-    vouchers = [VoucherCode(short_code=str(c), token=str(t)) for c, t in rows]
+    by_store: dict[str, list[tuple[float, VoucherCode]]] = defaultdict(list)
+    for code, token, stores, created_at in rows:
+        entry = (float(created_at), VoucherCode(short_code=str(code), token=str(token)))
+        for store in json.loads(stores):
+            by_store[store].append(entry)
+    return by_store
+
+
+async def _sync_device(
+    tx: Transaction,
+    store: str,
+    device: str,
+    vouchers: list[VoucherCode],
+    fresh: bool,
+    now: float,
+) -> int:
     pickups: list[PickupEntry] = []
     if fresh:
         loaded = await tx.fetchall(

@@ -12,6 +12,7 @@ is full the network thread stops reading and TCP pushes back on the broker.
 
 import asyncio
 import collections
+import contextlib
 import logging
 import threading
 from collections.abc import Awaitable, Callable, Coroutine
@@ -125,8 +126,9 @@ class GatewayLink:
         self._batch_max = batch_max
         self._client: paho.Client | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        # Touched on the event loop only: paho calls on_publish holding its own lock, so a
+        # lock of ours taken both there and around client.publish() deadlocks under load.
         self._pending: dict[int, asyncio.Future[None]] = {}
-        self._pending_lock = threading.Lock()
         self._generation = 0
         self._connect_work: asyncio.Task[None] | None = None
         self.connected = asyncio.Event()
@@ -209,13 +211,16 @@ class GatewayLink:
         reason: ReasonCode,
         properties: Properties | None,
     ) -> None:
-        with self._pending_lock:
-            future = self._pending.pop(mid, None)
-        if future is not None:
-            assert self._loop is not None
-            self._loop.call_soon_threadsafe(_resolve, future)
+        assert self._loop is not None
+        with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits any more
+            self._loop.call_soon_threadsafe(self._published, mid)
 
     # ---- the event loop -------------------------------------------------------------------
+
+    def _published(self, mid: int) -> None:
+        future = self._pending.pop(mid, None)
+        if future is not None:
+            _resolve(future)
 
     def _up(self) -> None:
         if self._client is None:
@@ -233,8 +238,7 @@ class GatewayLink:
             log.warning("gateway broker link down (%s); reconnecting", reason)
         self.connected.clear()
         self.consuming.clear()
-        with self._pending_lock:
-            pending, self._pending = self._pending, {}
+        pending, self._pending = self._pending, {}
         for future in pending.values():
             if not future.done():
                 future.set_exception(GatewayLinkDownError(f"disconnected: {reason}"))
@@ -331,11 +335,11 @@ class GatewayLink:
             raise GatewayLinkDownError("not connected")
         assert self._loop is not None
         future: asyncio.Future[None] = self._loop.create_future()
-        with self._pending_lock:
-            info = client.publish(topic, payload, qos=1, retain=retain)
-            if info.rc != paho.MQTT_ERR_SUCCESS:
-                raise GatewayLinkDownError(paho.error_string(info.rc))
-            self._pending[info.mid] = future
+        info = client.publish(topic, payload, qos=1, retain=retain)
+        if info.rc != paho.MQTT_ERR_SUCCESS:
+            raise GatewayLinkDownError(paho.error_string(info.rc))
+        # Its PUBACK is handled by _published, which runs on this loop after we return.
+        self._pending[info.mid] = future
         return future
 
 

@@ -1,0 +1,108 @@
+"""The gateway's MQTT link under a stream of publishes through a real Mosquitto."""
+
+import asyncio
+import contextlib
+
+import aiomqtt
+
+from dropline.broker import MosquittoBroker
+from gateway.config import BrokerSettings
+from gateway.mqtt import GatewayLink
+
+N = 20_000
+
+
+async def _nothing() -> None:
+    return None
+
+
+async def _ignore(_batch: list[tuple[str, bytes]]) -> None:
+    return None
+
+
+async def _no_poison(topic: str, payload: bytes, error: Exception) -> None:
+    raise AssertionError(f"nothing should fail here: {topic} {error!r}")
+
+
+async def test_publishes_while_pubacks_arrive_all_complete(broker: MosquittoBroker) -> None:
+    """PUBACKs arrive on paho's thread while the loop publishes: every publish completes
+    (paho calls on_publish under its own lock; a lock of ours taken there and around
+    ``client.publish`` once deadlocked here), and a subscriber gets every message."""
+    link = GatewayLink(
+        BrokerSettings(host=broker.host, port=broker.port),
+        client_id="gateway-test",
+        on_batch=_ignore,
+        on_connect=_nothing,
+        on_poison=_no_poison,
+    )
+    running = asyncio.create_task(link.run())
+    received = 0
+    async with aiomqtt.Client(broker.host, broker.port, identifier="watcher") as watcher:
+        await watcher.subscribe("dropline/v1/store-1/+/ack", qos=1)
+        await link.connected.wait()
+        try:
+            waits = []
+            for i in range(N):
+                if i % 50 == 0:
+                    waits.append(
+                        asyncio.ensure_future(link.publish(f"dropline/v1/store-1/k{i}/ack", b"x"))
+                    )
+                    await asyncio.sleep(0)  # let PUBACKs in between
+                else:
+                    link.publish_nowait(f"dropline/v1/store-1/k{i}/ack", b"x")
+            await asyncio.gather(*waits)
+            async for _ in watcher.messages:
+                received += 1
+                if received == N:
+                    break
+        finally:
+            running.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await running
+    assert received == N
+
+
+async def test_a_message_that_keeps_failing_is_set_aside_and_the_rest_go_on(
+    broker: MosquittoBroker,
+) -> None:
+    """A batch holding one message its handler cannot take fails, is retried, then halved
+    until that message is alone; it goes to ``on_poison`` and every other one is handled."""
+    handled: list[bytes] = []
+    poisoned: list[tuple[str, bytes, str]] = []
+    all_done = asyncio.Event()
+    payloads = [f"event-{i}".encode() for i in range(12)]
+
+    async def on_batch(batch: list[tuple[str, bytes]]) -> None:
+        if any(payload == b"event-7" for _, payload in batch):
+            raise ValueError("cannot take event-7")
+        handled.extend(payload for _, payload in batch)
+        if len(handled) + len(poisoned) == len(payloads):
+            all_done.set()
+
+    async def on_poison(topic: str, payload: bytes, error: Exception) -> None:
+        poisoned.append((topic, payload, str(error)))
+        if len(handled) + len(poisoned) == len(payloads):
+            all_done.set()
+
+    link = GatewayLink(
+        BrokerSettings(host=broker.host, port=broker.port),
+        client_id="gateway-poison",
+        on_batch=on_batch,
+        on_connect=_nothing,
+        on_poison=on_poison,
+        batch_max=len(payloads),
+    )
+    running = asyncio.create_task(link.run())
+    try:
+        await link.consuming.wait()
+        async with aiomqtt.Client(broker.host, broker.port, identifier="kiosk") as kiosk:
+            for payload in payloads:
+                await kiosk.publish("dropline/v1/store-1/k1/evt/dropoff", payload, qos=1)
+        async with asyncio.timeout(30):
+            await all_done.wait()
+    finally:
+        running.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await running
+    assert sorted(handled) == sorted(p for p in payloads if p != b"event-7")
+    assert poisoned == [("dropline/v1/store-1/k1/evt/dropoff", b"event-7", "cannot take event-7")]
