@@ -301,8 +301,9 @@ async def _sync_device(
     tx: Transaction, store: str, device: str, since: float, fresh: bool, now: float
 ) -> int:
     rows = await tx.fetchall(
+        # updated_at: when it became authorized (at creation, or when approved in review).
         "SELECT short_code, voucher FROM returns WHERE state = 'authorized' AND expires_at > ? "
-        "AND created_at >= ? AND created_at < ? AND stores LIKE ? ORDER BY created_at",
+        "AND updated_at >= ? AND updated_at < ? AND stores LIKE ? ORDER BY updated_at",
         (now + SYNC_LAG_S, since, now, f'%"{store}"%'),
     )
     vouchers = [VoucherCode(short_code=str(c), token=str(t)) for c, t in rows]
