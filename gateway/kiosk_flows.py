@@ -144,11 +144,13 @@ async def overdue(
     db: Database, store: str | None, now: float | None = None
 ) -> list[dict[str, Any]]:
     """Parcels still in a locker after their pickup period: the clerk takes them out."""
+    # No "? IS NULL" trick: PostgreSQL cannot type a parameter that is only compared to NULL.
+    by_store, args = ("AND store = ? ", (store,)) if store is not None else ("", ())
     rows = await db.fetchall(
         "SELECT parcel_id, store, device, compartment, size, loaded_by, state, code, loaded_at, "
         "valid_until, picked_up_at FROM pickups WHERE state = 'loaded' AND valid_until < ? "
-        "AND (? IS NULL OR store = ?) ORDER BY valid_until",
-        (now or time.time(), store, store),
+        f"{by_store}ORDER BY valid_until",
+        (now or time.time(), *args),
     )
     return [_pickup_json(r, now or time.time()) for r in rows]
 

@@ -73,10 +73,11 @@ async def test_keys_roles_and_tenant_isolation(system: LocalSystem) -> None:
 
     beta = await new_tenant(system, "beta")
     try:
-        for path in (f"/v1/returns/{ret['id']}", f"/v1/returns/{ret['id']}/voucher.png",
-                     f"/v1/returns/{ret['id']}/notifications",
-                     f"/v1/vouchers/{ret['voucher']['short_code']}",
-                     "/v1/merchants/acme/webhook-endpoints", "/v1/reports/dropoffs?tenant=acme"):  # fmt: skip
+        rid, code = ret["id"], ret["voucher"]["short_code"]
+        for path in (f"/v1/returns/{rid}", f"/v1/returns/{rid}/voucher.png",
+                     f"/v1/returns/{rid}/notifications", f"/v1/vouchers/{code}",
+                     "/v1/merchants/acme/webhook-endpoints",
+                     "/v1/reports/dropoffs?tenant=acme"):  # fmt: skip
             status, _ = await call(beta, "GET", path)
             assert status == 404, path
         status, _ = await call(beta, "POST", f"/v1/returns/{ret['id']}/cancel", {"reason": "x"})
@@ -221,7 +222,8 @@ async def test_approval_rules_and_review_queue(system: LocalSystem) -> None:
     unopened = [{"sku": "A", "opened": False}]
     fine = await system.authorize_return(1, delivered_at=recent, items=unopened)
     assert (fine["state"], fine["approval_rule"]) == ("authorized", "recent_unopened")
-    opened = await system.authorize_return(2, delivered_at=recent, items=[{"sku": "A", "opened": True}])  # fmt: skip
+    was_opened = [{"sku": "A", "opened": True}]
+    opened = await system.authorize_return(2, delivered_at=recent, items=was_opened)
     old = await system.authorize_return(3, delivered_at=time.time() - 60 * 86_400, items=unopened)
     costly = await system.authorize_return(
         4, delivered_at=recent, items=unopened, refund={"amount_minor": 90_000, "currency": "CNY"}
@@ -249,7 +251,8 @@ async def test_approval_rules_and_review_queue(system: LocalSystem) -> None:
     status, rejected = await call(
         system.http, "POST", f"/v1/reviews/{old['id']}/reject", {"reason": "past 30 days"}
     )
-    assert (status, rejected["state"], rejected["cancel_reason"]) == (200, "cancelled", "past 30 days")  # fmt: skip
+    assert status == 200
+    assert (rejected["state"], rejected["cancel_reason"]) == ("cancelled", "past 30 days")
     assert await _event_types(system, old["id"]) == []
     _, queue = await call(system.operator, "GET", "/v1/reviews?tenant=acme")
     assert [r["id"] for r in queue["reviews"]] == [opened["id"]]

@@ -25,10 +25,12 @@ async def system(tmp_path: Path) -> AsyncIterator[LocalSystem]:
 
 async def _document(system: LocalSystem) -> dict[str, Any]:
     assert system.gateway is not None
-    async with aiohttp.ClientSession(base_url=system.gateway.url) as anonymous:
-        async with anonymous.get("/v1/openapi.json") as resp:
-            assert resp.status == 200
-            doc: dict[str, Any] = await resp.json()
+    async with (
+        aiohttp.ClientSession(base_url=system.gateway.url) as anonymous,
+        anonymous.get("/v1/openapi.json") as resp,
+    ):
+        assert resp.status == 200
+        doc: dict[str, Any] = await resp.json()
     return doc
 
 
@@ -79,7 +81,7 @@ class Checker:
     async def __call__(
         self, session: aiohttp.ClientSession, method: str, url: str, body: Any = None, **kw: Any
     ) -> tuple[int, Any]:
-        template, op = self.operation(method, url.split("?")[0])
+        template, op = self.operation(method, url.split("?", maxsplit=1)[0])
         async with session.request(method, url, json=body, **kw) as resp:
             status = resp.status
             documented = op["responses"].get(str(status))
@@ -123,13 +125,14 @@ async def test_real_answers_validate(system: LocalSystem) -> None:
     assert (await check(tenant, "GET", "/v1/approval-rules"))[0] == 200
     created = await system.authorize_return(1, store="store-1")
     held = await system.authorize_return(2, refund={"amount_minor": 9000, "currency": "CNY"})
-    rid = created["id"]
+    rid, code = created["id"], created["voucher"]["short_code"]
     for url in (f"/v1/returns/{rid}", "/v1/returns?limit=1", "/v1/reviews",
                 f"/v1/returns/{rid}/notifications", "/v1/reports/return_reasons",
                 "/v1/reports/dropoffs", "/v1/reports/refund_time",
-                "/v1/reports/carrier_exceptions", f"/v1/vouchers/{created['voucher']['short_code']}",
+                "/v1/reports/carrier_exceptions", f"/v1/vouchers/{code}",
                 "/v1/merchants/acme/webhook-endpoints", "/v1/merchants/acme/webhook-deliveries",
-                f"/v1/returns/{rid}/voucher.svg", "/v1/reports/return_reasons?format=csv"):  # fmt: skip
+                f"/v1/returns/{rid}/voucher.svg",
+                "/v1/reports/return_reasons?format=csv"):  # fmt: skip
         assert (await check(tenant, "GET", url))[0] == 200, url
     _, page = await check(tenant, "GET", "/v1/returns?limit=1")
     assert (await check(tenant, "GET", f"/v1/returns?limit=1&cursor={page['next_cursor']}"))[
@@ -155,7 +158,8 @@ async def test_real_answers_validate(system: LocalSystem) -> None:
     base = f"/v1/merchants/acme/webhook-endpoints/{made['id']}"
     assert (await check(tenant, "POST", f"{base}/rotate-secret"))[0] == 200
     assert (await check(tenant, "DELETE", base))[0] == 200
-    assert (await check(op, "PUT", "/v1/stores/store-1/clerks/c-1", {"name": "A", "pin": "2468"}))[0] == 200  # fmt: skip
+    clerk = {"name": "A", "pin": "2468"}
+    assert (await check(op, "PUT", "/v1/stores/store-1/clerks/c-1", clerk))[0] == 200
     assert (await check(op, "GET", "/v1/stores/store-1/compartments"))[0] == 200
     status, command = await check(
         op, "POST", "/v1/stores/store-1/devices/kiosk-1/commands", {"name": "sync"}

@@ -8,7 +8,7 @@ from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
 from aiohttp import web
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from gateway import reports
 from gateway.api.auth import tenant_scope
@@ -24,6 +24,12 @@ class ReportQuery(Query):
     until: date | None = Field(default=None, description="last day, YYYY-MM-DD")
     tenant: str | None = Field(default=None, max_length=16, description="operator only")
     format: Literal["json", "csv"] | None = None
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "ReportQuery":
+        if self.since is not None and self.until is not None and self.since > self.until:
+            raise ValueError("since is after until")
+        return self
 
 
 class ReasonRow(BaseModel):
@@ -75,7 +81,7 @@ def _bounds(q: ReportQuery, timezone: str) -> tuple[float, float]:
     end = 1e11
     if q.since is not None:
         start = datetime.combine(q.since, time(), zone).timestamp()
-    if q.until is not None:
+    if q.until is not None and q.until < date.max:
         end = datetime.combine(q.until + timedelta(days=1), time(), zone).timestamp()
     return start, end
 
