@@ -114,3 +114,10 @@ async def owned_return(request: web.Request, return_id: str) -> str:
     if row is None or (caller.tenant is not None and row[0] != caller.tenant):
         raise not_found("return")
     return str(row[0])
+
+
+async def path_return(request: web.Request) -> str:
+    """The ``{id}`` of the path, a return the caller may see (404 otherwise)."""
+    return_id = request.match_info["id"]
+    await owned_return(request, return_id)
+    return return_id

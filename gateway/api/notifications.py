@@ -3,15 +3,14 @@
 from aiohttp import web
 
 from gateway import notifications
-from gateway.api.auth import owned_return
+from gateway.api.auth import path_return
 from gateway.api.errors import GATEWAY
 from gateway.api.routes import Route
 
 
 async def return_notifications(request: web.Request) -> web.Response:
     """``GET /v1/returns/{id}/notifications``."""
-    return_id = request.match_info["id"]
-    await owned_return(request, return_id)
+    return_id = await path_return(request)
     rows = await notifications.for_return(request.app[GATEWAY].db, return_id)
     return web.json_response({"notifications": rows})
 

@@ -9,7 +9,7 @@ from aiohttp import web
 from pydantic import Field
 
 from gateway import refunds, signatures
-from gateway.api.auth import owned_return
+from gateway.api.auth import path_return
 from gateway.api.errors import GATEWAY, ApiError, not_found
 from gateway.api.inputs import Input, body
 from gateway.api.routes import Route
@@ -37,8 +37,7 @@ class FlagRequest(Input):
 
 async def decide_refund(request: web.Request) -> web.Response:
     """``POST /v1/returns/{id}/refund``: approve or reject."""
-    return_id = request.match_info["id"]
-    await owned_return(request, return_id)
+    return_id = await path_return(request)
     req = await body(request, RefundDecision)
     gateway = request.app[GATEWAY]
     try:
@@ -56,8 +55,7 @@ async def decide_refund(request: web.Request) -> web.Response:
 
 async def flag_return(request: web.Request) -> web.Response:
     """``POST /v1/returns/{id}/flags``."""
-    return_id = request.match_info["id"]
-    await owned_return(request, return_id)
+    return_id = await path_return(request)
     req = await body(request, FlagRequest)
     try:
         held = await refunds.flag(

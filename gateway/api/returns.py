@@ -8,7 +8,7 @@ from aiohttp import web
 from pydantic import BaseModel, Field
 
 from gateway import cancellation, return_listing
-from gateway.api.auth import owned_return, principal, tenant_scope
+from gateway.api.auth import owned_return, path_return, principal, tenant_scope
 from gateway.api.errors import GATEWAY, ApiError, invalid, not_found
 from gateway.api.inputs import Input, Query, base_url, body, query
 from gateway.api.routes import Route
@@ -181,8 +181,7 @@ async def create_return(request: web.Request) -> web.Response:
 
 async def get_return(request: web.Request) -> web.Response:
     """``GET /v1/returns/{id}``: state, history and refund."""
-    return_id = request.match_info["id"]
-    await owned_return(request, return_id)
+    return_id = await path_return(request)
     return await _view(request, return_id, history=True)
 
 
@@ -205,8 +204,7 @@ async def list_returns(request: web.Request) -> web.Response:
 
 async def cancel_return(request: web.Request) -> web.Response:
     """``POST /v1/returns/{id}/cancel``: before drop-off; kiosks then refuse the voucher."""
-    return_id = request.match_info["id"]
-    await owned_return(request, return_id)
+    return_id = await path_return(request)
     req = await body(request, CancelRequest)
     gateway = request.app[GATEWAY]
     try:
@@ -222,8 +220,7 @@ async def cancel_return(request: web.Request) -> web.Response:
 
 async def voucher_image(request: web.Request) -> web.Response:
     """``GET /v1/returns/{id}/voucher.png`` or ``.svg``: the voucher as a QR code."""
-    return_id = request.match_info["id"]
-    await owned_return(request, return_id)
+    return_id = await path_return(request)
     row = await request.app[GATEWAY].db.fetchone(
         "SELECT voucher FROM returns WHERE id = ?", (return_id,)
     )

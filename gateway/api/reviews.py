@@ -4,7 +4,7 @@ from aiohttp import web
 from pydantic import BaseModel, Field
 
 from gateway import approval, review
-from gateway.api.auth import one_tenant, owned_return, principal, tenant_scope
+from gateway.api.auth import one_tenant, path_return, principal, tenant_scope
 from gateway.api.errors import GATEWAY, ApiError
 from gateway.api.inputs import Input, Query, base_url, body, query
 from gateway.api.returns import Money, ReturnView
@@ -67,8 +67,7 @@ async def _answer(request: web.Request, return_id: str) -> web.Response:
 
 async def approve(request: web.Request) -> web.Response:
     """``POST /v1/reviews/{id}/approve``: authorized, with its voucher."""
-    return_id = request.match_info["id"]
-    await owned_return(request, return_id)
+    return_id = await path_return(request)
     gateway = request.app[GATEWAY]
     try:
         await review.approve(gateway.db, gateway.keys, return_id, by=principal(request).name)
@@ -80,8 +79,7 @@ async def approve(request: web.Request) -> web.Response:
 
 async def reject(request: web.Request) -> web.Response:
     """``POST /v1/reviews/{id}/reject``: cancelled."""
-    return_id = request.match_info["id"]
-    await owned_return(request, return_id)
+    return_id = await path_return(request)
     req = await body(request, RejectRequest)
     try:
         await review.reject(
