@@ -172,7 +172,6 @@ async def create_return(request: web.Request) -> web.Response:
     except UnknownStoreError as exc:
         raise ApiError(422, "unknown_store", f"unknown store {exc}",
                        [{"field": "stores", "reason": "unknown"}]) from None  # fmt: skip
-    gateway.wake()
     response = await _view(request, return_id)
     response.set_status(201)
     response.headers["Location"] = f"/v1/returns/{return_id}"
