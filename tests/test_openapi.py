@@ -12,7 +12,9 @@ import pytest
 from jsonschema import Draft202012Validator
 
 from dropline.system import LocalSystem, SystemOptions
+from gateway import carrier_exceptions
 from gateway.api import make_app
+from gateway.carrier_exceptions import Reason, Subject
 
 
 @pytest.fixture
@@ -167,5 +169,18 @@ async def test_real_answers_validate(system: LocalSystem) -> None:
     assert status == 202
     assert (await check(op, "GET", f"/v1/commands/{command['command_id']}"))[0] == 200
     assert (await check(op, "GET", "/v1/pickups/overdue"))[0] == 200
+    async with system.gateway.db.transaction() as tx:
+        subject = Subject.shipment("kdniao", "YT9", None, rid)
+        exception_id, _ = await carrier_exceptions.open_exception(
+            tx, subject, Reason.CARRIER_PROBLEM, "parcel damaged"
+        )
+    _, listing = await check(op, "GET", "/v1/exceptions?status=all")
+    assert [e["id"] for e in listing["exceptions"]] == [exception_id]
+    assert (await check(op, "GET", f"/v1/exceptions/{exception_id}"))[0] == 200
+    resolve = {"action": "close", "by": "ops", "note": "paid the customer"}
+    path = f"/v1/exceptions/{exception_id}/resolve"
+    assert (await check(op, "POST", path, resolve))[0] == 200
+    assert (await check(op, "POST", path, resolve))[0] == 409
+    assert (await check(op, "GET", "/v1/reports/carrier_exceptions"))[0] == 200
     assert (await check(op, "DELETE", "/v1/stores/store-1/clerks/c-1"))[0] == 204
-    assert len(check.checked) >= 40
+    assert len(check.checked) >= 45

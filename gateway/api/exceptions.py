@@ -3,7 +3,7 @@
 from typing import Literal
 
 from aiohttp import web
-from pydantic import Field
+from pydantic import BaseModel, Field
 
 from gateway import carrier_exceptions
 from gateway.api.errors import GATEWAY, ApiError, not_found
@@ -26,6 +26,35 @@ class ResolveRequest(Input):
     action: Literal["resume", "close"]
     by: str = Field(min_length=1, max_length=64)
     note: str = Field(default="", max_length=500)
+
+
+class CarrierException(BaseModel):
+    """A shipment or tote that needs a person, with the returns it holds."""
+
+    id: str
+    subject: str
+    reason: carrier_exceptions.Reason
+    detail: str
+    carrier: str | None
+    waybill: str | None
+    tote_id: str | None
+    return_id: str | None
+    carrier_state: str | None
+    opened_at: float
+    updated_at: float
+    resolved_at: float | None
+    resolution: str | None
+    resolved_by: str | None
+    note: str | None
+    status: Literal["open", "resolved"]
+    returns: list[str]
+
+
+class ExceptionList(BaseModel):
+    """Exceptions, newest first."""
+
+    exceptions: list[CarrierException]
+    count: int
 
 
 async def list_exceptions(request: web.Request) -> web.Response:
@@ -63,9 +92,10 @@ async def resolve_exception(request: web.Request) -> web.Response:
 
 ROUTES: list[Route] = [
     Route("GET", "/v1/exceptions", list_exceptions, "operator", "The carrier exception queue",
-          query=ExceptionQuery, errors=(422,)),
+          query=ExceptionQuery, response=ExceptionList, errors=(422,)),
     Route("GET", "/v1/exceptions/{id}", get_exception, "operator", "One exception",
-          errors=(404,)),
+          response=CarrierException, errors=(404,)),
     Route("POST", "/v1/exceptions/{id}/resolve", resolve_exception, "operator",
-          "Resolve an exception", body=ResolveRequest, errors=(404, 409, 422)),
+          "Resolve an exception", body=ResolveRequest, response=CarrierException,
+          errors=(404, 409, 422)),
 ]  # fmt: skip

@@ -6,7 +6,7 @@ import time
 from typing import TYPE_CHECKING, Any, Literal
 
 from aiohttp import web
-from pydantic import Field
+from pydantic import BaseModel, Field
 
 from gateway import commands, kiosk_flows
 from gateway.api.errors import GATEWAY, ApiError, invalid, not_found
@@ -44,6 +44,36 @@ class OverdueQuery(Query):
     """``GET /v1/pickups/overdue``."""
 
     store: str | None = Field(default=None, max_length=64)
+
+
+class Clerk(BaseModel):
+    """A clerk as stored (never the badge or PIN)."""
+
+    store: str
+    id: str
+    name: str
+    role: str
+
+
+class CommandAccepted(BaseModel):
+    """A command queued for the kiosk."""
+
+    command_id: str
+    name: str
+    expires_at: float
+
+
+class Command(BaseModel):
+    """A command and, once the kiosk reported it, its outcome."""
+
+    id: str
+    store: str
+    device: str
+    name: str
+    created_at: float
+    sent_at: float | None
+    outcome: str | None
+    outcome_at: float | None
 
 
 def _gateway(request: web.Request) -> "Gateway":
@@ -172,14 +202,14 @@ ROUTES: list[Route] = [
     Route("GET", "/v1/pickups/{parcel}", get_pickup, "operator", "A pickup parcel",
           errors=(404,)),
     Route("PUT", "/v1/stores/{store}/clerks/{clerk}", put_clerk, "operator",
-          "Create or replace a clerk", body=ClerkInput, errors=(404, 409, 422)),
+          "Create or replace a clerk", body=ClerkInput, response=Clerk, errors=(404, 409, 422)),
     Route("DELETE", "/v1/stores/{store}/clerks/{clerk}", delete_clerk, "operator",
           "Remove a clerk", status=204, content=(), errors=(404,)),
     Route("GET", "/v1/stores/{store}/compartments", list_compartments, "operator",
           "The store's compartments", errors=(404,)),
     Route("POST", "/v1/stores/{store}/devices/{device}/commands", post_command, "operator",
-          "Queue a command for a kiosk", body=CommandInput, status=202,
-          errors=(404, 422)),
+          "Queue a command for a kiosk", body=CommandInput, response=CommandAccepted,
+          status=202, errors=(404, 422)),
     Route("GET", "/v1/commands/{id}", get_command, "operator", "A command and its outcome",
-          errors=(404,)),
+          response=Command, errors=(404,)),
 ]  # fmt: skip

@@ -1,11 +1,32 @@
 """The customer messages of a return."""
 
 from aiohttp import web
+from pydantic import BaseModel
 
 from gateway import notifications
 from gateway.api.auth import path_return
 from gateway.api.errors import GATEWAY
 from gateway.api.routes import Route
+
+
+class Notification(BaseModel):
+    """One customer message on one channel."""
+
+    id: str
+    kind: str
+    channel: str
+    recipient: str
+    status: str
+    attempts: int
+    last_error: str | None
+    created_at: float
+    sent_at: float | None
+
+
+class NotificationList(BaseModel):
+    """A return's customer messages, oldest first."""
+
+    notifications: list[Notification]
 
 
 async def return_notifications(request: web.Request) -> web.Response:
@@ -17,5 +38,5 @@ async def return_notifications(request: web.Request) -> web.Response:
 
 ROUTES: list[Route] = [
     Route("GET", "/v1/returns/{id}/notifications", return_notifications, "merchant",
-          "The customer messages of a return", errors=(404,)),
+          "The customer messages of a return", response=NotificationList, errors=(404,)),
 ]  # fmt: skip

@@ -6,7 +6,7 @@ import logging
 from typing import Literal
 
 from aiohttp import web
-from pydantic import Field
+from pydantic import BaseModel, Field
 
 from gateway import refunds, signatures
 from gateway.api.auth import path_return
@@ -33,6 +33,26 @@ class FlagRequest(Input):
     flag: str = Field(pattern=r"^[a-z0-9_]{1,40}$")
     note: str = Field(default="", max_length=500)
     source: str = Field(default="api", max_length=100)
+
+
+class DecisionResult(BaseModel):
+    """The refund's status after the decision."""
+
+    return_id: str
+    refund_status: str
+
+
+class FlagResult(BaseModel):
+    """The flag, and whether it held an unsent refund for review."""
+
+    flag: str
+    refund_held_for_review: bool
+
+
+class CallbackResult(BaseModel):
+    """What the outcome changed."""
+
+    outcome: str
 
 
 async def decide_refund(request: web.Request) -> web.Response:
@@ -94,10 +114,10 @@ async def merchant_system_callback(request: web.Request) -> web.Response:
 ROUTES: list[Route] = [
     Route("POST", "/v1/returns/{id}/refund", decide_refund, "merchant",
           "Approve or reject a refund held for review", body=RefundDecision,
-          errors=(404, 409, 422)),
+          response=DecisionResult, errors=(404, 409, 422)),
     Route("POST", "/v1/returns/{id}/flags", flag_return, "merchant", "Flag a return",
-          body=FlagRequest, status=201, errors=(404, 422)),
+          body=FlagRequest, response=FlagResult, status=201, errors=(404, 422)),
     Route("POST", "/v1/payments/merchant-system/{merchant}/callback", merchant_system_callback,
           "signed", "The merchant refund system's signed refund outcome",
-          errors=(401, 404, 422)),
+          response=CallbackResult, errors=(401, 404, 422)),
 ]  # fmt: skip

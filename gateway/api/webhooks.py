@@ -2,7 +2,7 @@
 key reaches only its own merchant; the operator any."""
 
 from aiohttp import web
-from pydantic import Field
+from pydantic import BaseModel, Field
 
 from gateway import webhooks
 from gateway.api.auth import tenant_scope
@@ -30,6 +30,60 @@ class DeliveryQuery(Query):
     status: webhooks.DeliveryStatus | None = None
     event_id: str | None = Field(default=None, max_length=64)
     limit: int = Field(default=100, ge=1, le=500)
+
+
+class Endpoint(BaseModel):
+    """A webhook endpoint; ``secret`` only on creation and rotation."""
+
+    id: str
+    merchant: str
+    url: str
+    events: list[str]
+    active: bool
+    created_at: float
+    previous_secret_until: float | None
+    secret: str | None = None
+
+
+class EndpointList(BaseModel):
+    """The merchant's endpoints."""
+
+    endpoints: list[Endpoint]
+
+
+class Disabled(BaseModel):
+    """An endpoint was disabled."""
+
+    disabled: bool
+
+
+class Delivery(BaseModel):
+    """One event to one endpoint."""
+
+    id: str
+    event_id: str
+    event_type: str
+    endpoint_id: str
+    status: webhooks.DeliveryStatus
+    attempts: int
+    next_attempt_at: float
+    last_status_code: int | None
+    last_error: str | None
+    created_at: float
+    delivered_at: float | None
+
+
+class DeliveryList(BaseModel):
+    """Deliveries, newest first."""
+
+    deliveries: list[Delivery]
+    count: int
+
+
+class Redelivery(BaseModel):
+    """Queued again."""
+
+    status: webhooks.DeliveryStatus
 
 
 async def _merchant(request: web.Request) -> str:
@@ -121,18 +175,18 @@ ENDPOINTS = "/v1/merchants/{merchant}/webhook-endpoints"
 DELIVERIES = "/v1/merchants/{merchant}/webhook-deliveries"
 ROUTES: list[Route] = [
     Route("POST", ENDPOINTS, register_endpoint, "merchant", "Register a webhook endpoint",
-          body=EndpointRequest, status=201, errors=(404, 422)),
+          body=EndpointRequest, response=Endpoint, status=201, errors=(404, 422)),
     Route("GET", ENDPOINTS, list_endpoints, "merchant", "The merchant's webhook endpoints",
-          errors=(404,)),
+          response=EndpointList, errors=(404,)),
     Route("POST", ENDPOINTS + "/{endpoint}/rotate-secret", rotate_secret, "merchant",
           "Rotate an endpoint's secret", body=RotateRequest, body_optional=True,
-          errors=(404, 422)),
+          response=Endpoint, errors=(404, 422)),
     Route("DELETE", ENDPOINTS + "/{endpoint}", disable_endpoint, "merchant",
-          "Disable an endpoint", errors=(404,)),
+          "Disable an endpoint", response=Disabled, errors=(404,)),
     Route("GET", DELIVERIES, list_deliveries, "merchant", "Webhook deliveries, newest first",
-          query=DeliveryQuery, errors=(404, 422)),
+          query=DeliveryQuery, response=DeliveryList, errors=(404, 422)),
     Route("GET", DELIVERIES + "/{delivery}", delivery_detail, "merchant",
           "A delivery with its event and attempts", errors=(404,)),
     Route("POST", DELIVERIES + "/{delivery}/redeliver", redeliver, "merchant",
-          "Send a delivery again now", status=202, errors=(404,)),
+          "Send a delivery again now", response=Redelivery, status=202, errors=(404,)),
 ]  # fmt: skip
