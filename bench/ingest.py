@@ -40,6 +40,7 @@ from dropline.broker import MosquittoBroker, free_port
 from dropline.gateway_process import GatewayProcess
 from gateway.config import (
     AddressSettings,
+    ApiSettings,
     BrokerSettings,
     ConsolidationRules,
     GatewayConfig,
@@ -55,6 +56,7 @@ from protocol.ids import uuid7
 from simulator.kiosk_load import KioskPlan, KioskResult, run_kiosks
 
 MERCHANT = "acme"
+ADMIN_KEY = "op_bench_" + secrets.token_urlsafe(32)
 KIOSKS_PER_STORE = 4
 NOWHERE = "http://127.0.0.1:9"  # carriers and payments are never called in this benchmark
 NEVER_CLOSE = ConsolidationRules(
@@ -88,6 +90,7 @@ def gateway_config(database: str, broker: int, stores: list[str], shared: bool) 
         consolidation=NEVER_CLOSE,
         kdniao=KdniaoSettings(base_url=NOWHERE, ebusiness_id="1", app_key="k"),
         stripe=StripeSettings(base_url=NOWHERE, api_key="sk_test_bench"),
+        api=ApiSettings(admin_key=ADMIN_KEY),
     )
 
 
@@ -139,7 +142,11 @@ async def stored_events(database: str) -> int:
 
 async def received_by(process: GatewayProcess) -> int:
     """How many events a replica took from the broker."""
-    async with aiohttp.ClientSession() as http, http.get(f"{process.url}/v1/metrics") as reply:
+    headers = {"Authorization": f"Bearer {ADMIN_KEY}"}
+    async with (
+        aiohttp.ClientSession(headers=headers) as http,
+        http.get(f"{process.url}/v1/metrics") as reply,
+    ):
         return int((await reply.json())["events_received"])
 
 

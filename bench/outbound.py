@@ -62,7 +62,6 @@ async def _seed(db: Database) -> SigningKeys:
 def _request(n: int) -> ReturnRequest:
     return ReturnRequest.model_validate(
         {
-            "merchant": "acme",
             "order_id": f"o-{n}",
             "items": [{"sku": "A"}],
             "reason": "r",
@@ -76,7 +75,7 @@ def _request(n: int) -> ReturnRequest:
 async def _batched_dropoffs(db: Database, return_ids: list[str], batch: int = 100) -> float:
     """Drop-offs through the batched ingest handler (``gateway/dropoffs.py``), ``batch`` per
     transaction, each with its webhook, two customer messages and its refund row."""
-    desk = DropoffDesk(ConsolidationRules(max_items=50, daily_cutoff=None), "stripe")
+    desk = DropoffDesk(ConsolidationRules(max_items=50, daily_cutoff=None))
     events = [
         envelope.make(
             Dropoff(return_id=r, merchant="acme", method=DropoffMethod.LOCKER, size="M",
@@ -114,7 +113,10 @@ async def run(returns: int, url: str) -> dict[str, float]:
     out: dict[str, float] = {}
     try:
         t0 = time.perf_counter()
-        ids = [await authorize(db, keys, _request(n), default_ttl_s=86_400) for n in range(returns)]
+        ids = [
+            await authorize(db, keys, _request(n), default_ttl_s=86_400, tenant="acme")
+            for n in range(returns)
+        ]
         out["authorize_per_s"] = returns / (time.perf_counter() - t0)
         half = returns // 2
         t0 = time.perf_counter()

@@ -111,6 +111,10 @@ async def run(options: DemoOptions) -> DemoReport:
 
 async def _drive(system: LocalSystem, options: DemoOptions, started: float) -> DemoReport:
     stores = system.store_ids
+    key_id = system.tenant_key.split("_")[1]
+    _say(
+        f"tenant {system.merchant} got API key {key_id} from the operator (POST /v1/tenants/…/keys)"
+    )
     _say(f"authorizing {options.returns} returns through POST /v1/returns")
     created = [
         await system.authorize_return(i, store=stores[i % len(stores)])

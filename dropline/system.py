@@ -24,6 +24,7 @@ from edge.config import BrokerSettings as EdgeBrokerSettings
 from edge.config import CompartmentPins, EdgeConfig, IndicatorSettings, ScreenSettings, Timeouts
 from gateway.config import (
     AddressSettings,
+    ApiSettings,
     BackoffSettings,
     BreakerSettings,
     BrokerSettings,
@@ -180,6 +181,9 @@ class LocalSystem:
         self.kiosks: list[Kiosk] = []
         self.merchant = "acme"
         self._http: aiohttp.ClientSession | None = None
+        self._operator: aiohttp.ClientSession | None = None
+        self.admin_key = "op_" + secrets.token_urlsafe(32)
+        self.tenant_key = ""
         self.gateway: Gateway | None = None
         self.kdniao: KdniaoSimulator | None = None
         self.sf: SfExpressSimulator | None = None
@@ -246,7 +250,13 @@ class LocalSystem:
             )
             self.replicas.append(replica)
             await replica.start()
-        self._http = aiohttp.ClientSession(base_url=self.gateway.url)
+        self._operator = aiohttp.ClientSession(
+            base_url=self.gateway.url, headers={"Authorization": f"Bearer {self.admin_key}"}
+        )
+        self.tenant_key = await self._create_tenant_key()
+        self._http = aiohttp.ClientSession(
+            base_url=self.gateway.url, headers={"Authorization": f"Bearer {self.tenant_key}"}
+        )
         await self._register_webhooks()
         for store in self.store_ids:
             for k in range(opts.kiosks_per_store):
@@ -293,6 +303,16 @@ class LocalSystem:
                 retry=BackoffSettings(base_s=0.2, max_s=5.0, max_attempts=8),
             ),
         }
+
+    async def _create_tenant_key(self) -> str:
+        """The operator creates the merchant's API key, as a deployment would."""
+        async with self.operator.post(
+            f"/v1/tenants/{self.merchant}/keys", json={"label": "demo shop"}
+        ) as resp:
+            data = await resp.json()
+            if resp.status != 201:
+                raise RuntimeError(f"creating the tenant key failed: {data}")
+        return str(data["key"])
 
     async def _register_webhooks(self) -> None:
         """The merchant registers its webhook receiver through the REST API."""
@@ -378,6 +398,7 @@ class LocalSystem:
                 base_url=payments_url, api_key=api_key, timeout_s=opts.payment_timeout_s
             ),
             tick_s=opts.tick_s,
+            api=ApiSettings(admin_key=self.admin_key),
         )
 
     def _compartments(self) -> list[CompartmentPins]:
@@ -431,8 +452,9 @@ class LocalSystem:
         for kiosk in self.kiosks:
             await kiosk.stop()
         self.kiosks = []
-        if self._http is not None:
-            await self._http.close()
+        for session in (self._http, self._operator):
+            if session is not None:
+                await session.close()
         for replica in self.replicas:
             await replica.stop()
         if self.gateway is not None:
@@ -452,16 +474,21 @@ class LocalSystem:
 
     @property
     def http(self) -> aiohttp.ClientSession:
-        """A client for the gateway's REST API."""
+        """A client for the gateway's REST API with the merchant's (tenant) key."""
         assert self._http is not None, "system not started"
         return self._http
+
+    @property
+    def operator(self) -> aiohttp.ClientSession:
+        """A client for the gateway's REST API with the operator key."""
+        assert self._operator is not None, "system not started"
+        return self._operator
 
     async def authorize_return(
         self, n: int, *, store: str | None = None, **extra: Any
     ) -> dict[str, Any]:
         """``POST /v1/returns`` for a made-up order; returns the created return's JSON."""
         body: dict[str, Any] = {
-            "merchant": self.merchant,
             "order_id": f"order-{n:05d}",
             "items": [{"sku": f"SKU-{n % 7}", "name": "T-shirt", "quantity": 1 + n % 2}],
             "reason": ["too small", "damaged", "changed mind"][n % 3],

@@ -4,11 +4,11 @@ import json
 import re
 import time
 import uuid
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from gateway import home_pickup
+from gateway import approval, home_pickup
 from gateway.database import Database, Transaction
 from gateway.home_pickup import HomePickup
 from gateway.keys import SigningKeys
@@ -28,6 +28,8 @@ class Item(_Input):
     sku: str = Field(min_length=1, max_length=64)
     name: str = Field(default="", max_length=200)
     quantity: int = Field(default=1, ge=1, le=999)
+    opened: bool | None = None
+    """Whether the shopper opened it (for the approval rules; unknown if left out)."""
 
 
 class Money(_Input):
@@ -48,7 +50,8 @@ class Customer(_Input):
 class ReturnRequest(_Input):
     """``POST /v1/returns``: what the merchant's system sends."""
 
-    merchant: str = Field(pattern=r"^[a-z0-9-]{1,16}$")
+    merchant: str | None = Field(default=None, pattern=r"^[a-z0-9-]{1,16}$")
+    """The tenant; taken from the API key (when given, it must be the key's tenant)."""
     order_id: str = Field(min_length=1, max_length=64)
     items: list[Item] = Field(min_length=1, max_length=100)
     reason: str = Field(min_length=1, max_length=200)
@@ -59,6 +62,8 @@ class ReturnRequest(_Input):
     size: Literal["S", "M", "L", "XL"] = "M"
     stores: list[str] = Field(default_factory=list, max_length=voucher.MAX_STORES)
     expires_in_s: int | None = Field(default=None, ge=60, le=90 * 86_400)
+    delivered_at: float | None = Field(default=None, ge=0, le=10_000_000_000)
+    """When the order was delivered (Unix seconds), for the approval rules."""
 
     @field_validator("stores")
     @classmethod
@@ -87,49 +92,96 @@ class UnknownStoreError(LookupError):
     """The request scopes the voucher to a store the gateway does not know."""
 
 
-async def authorize(
-    db: Database, keys: SigningKeys, req: ReturnRequest, *, default_ttl_s: int
+class MerchantMismatchError(ValueError):
+    """The request names another merchant than the API key's tenant."""
+
+
+def issue_voucher(
+    keys: SigningKeys,
+    return_id: uuid.UUID,
+    merchant: str,
+    *,
+    expires_at: int,
+    size: str,
+    items: int,
+    stores: list[str],
 ) -> str:
-    """Create an ``authorized`` return with its voucher; returns the new return id."""
-    return_id = uuid7()
-    now = time.time()
-    expires_at = int(now + (req.expires_in_s or default_ttl_s))
+    """The signed voucher token of a return."""
     claims = voucher.VoucherClaims.scoped(
         kid=keys.active_kid,
         return_id=return_id,
-        merchant=req.merchant,
+        merchant=merchant,
         expires_at=expires_at,
-        size=SizeClass[req.size],
-        items=min(255, sum(i.quantity for i in req.items)),
-        stores=tuple(req.stores),
+        size=SizeClass[size],
+        items=min(255, items),
+        stores=tuple(stores),
     )
-    token = voucher.issue(claims, keys.active)
+    return voucher.issue(claims, keys.active)
+
+
+async def authorize(
+    db: Database,
+    keys: SigningKeys,
+    req: ReturnRequest,
+    *,
+    default_ttl_s: int,
+    tenant: str | None = None,
+) -> str:
+    """Create a return for ``tenant`` (the API key's; else ``req.merchant``) and returns
+    its id. The tenant's approval rules decide: ``authorized`` with its voucher, or
+    ``review`` with none until a person approves it (``gateway/review.py``)."""
+    if tenant is not None and req.merchant not in (None, tenant):
+        raise MerchantMismatchError(req.merchant)
+    merchant = tenant or req.merchant
+    if merchant is None:
+        raise UnknownMerchantError("a merchant is required")
+    return_id = uuid7()
+    now = time.time()
+    expires_at = int(now + (req.expires_in_s or default_ttl_s))
+    items = sum(i.quantity for i in req.items)
     async with db.transaction() as tx:
-        await _check_references(tx, req)
-        await _insert(tx, return_id, req, token, expires_at, claims.items, now)
+        await _check_references(tx, merchant, req)
+        decision = approval.decide(
+            await approval.load(tx, merchant),
+            amount_minor=req.refund.amount_minor,
+            delivered_at=req.delivered_at,
+            opened=[i.opened for i in req.items],
+            now=now,
+        )
+        token = (
+            issue_voucher(keys, return_id, merchant, expires_at=expires_at, size=req.size,
+                          items=items, stores=req.stores)
+            if decision.approve
+            else ""  # no voucher while in review
+        )  # fmt: skip
+        state = ReturnState.AUTHORIZED if decision.approve else ReturnState.REVIEW
+        row = _Row(return_id, merchant, token, state, expires_at, min(255, items), now)
+        await _insert(tx, row, req, decision.rule)
         if req.pickup is not None:
             await home_pickup.plan(tx, str(return_id), req.pickup)
-        await record_creation(tx, str(return_id), ReturnState.AUTHORIZED, Cause(CauseKind.API))
+        await record_creation(tx, str(return_id), state, Cause(CauseKind.API))
     return str(return_id)
 
 
-async def _check_references(tx: Transaction, req: ReturnRequest) -> None:
-    if await tx.fetchone("SELECT 1 FROM merchants WHERE id = ?", (req.merchant,)) is None:
-        raise UnknownMerchantError(req.merchant)
+async def _check_references(tx: Transaction, merchant: str, req: ReturnRequest) -> None:
+    if await tx.fetchone("SELECT 1 FROM merchants WHERE id = ?", (merchant,)) is None:
+        raise UnknownMerchantError(merchant)
     for store in req.stores:
         if await tx.fetchone("SELECT 1 FROM stores WHERE id = ?", (store,)) is None:
             raise UnknownStoreError(store)
 
 
-async def _insert(
-    tx: Transaction,
-    return_id: uuid.UUID,
-    req: ReturnRequest,
-    token: str,
-    expires_at: int,
-    item_count: int,
-    now: float,
-) -> None:
+class _Row(NamedTuple):
+    return_id: uuid.UUID
+    merchant: str
+    token: str
+    state: ReturnState
+    expires_at: int
+    item_count: int
+    now: float
+
+
+async def _insert(tx: Transaction, row: _Row, req: ReturnRequest, rule: str) -> None:
     while True:
         code = shortcode.new_short_code()
         if await tx.fetchone("SELECT 1 FROM returns WHERE short_code = ?", (code,)) is None:
@@ -137,13 +189,14 @@ async def _insert(
     await tx.execute(
         "INSERT INTO returns (id, merchant, order_id, items, item_count, reason, amount_minor, "
         "currency, method, size, stores, customer, state, short_code, voucher, expires_at, "
-        "created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "created_at, updated_at, approval_rule) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
-            str(return_id),
-            req.merchant,
+            str(row.return_id),
+            row.merchant,
             req.order_id,
             json.dumps([i.model_dump() for i in req.items]),
-            item_count,
+            row.item_count,
             req.reason,
             req.refund.amount_minor,
             req.refund.currency,
@@ -151,11 +204,12 @@ async def _insert(
             req.size,
             json.dumps(req.stores),
             req.customer.model_dump_json(),
-            ReturnState.AUTHORIZED.value,
+            row.state.value,
             code,
-            token,
-            expires_at,
-            now,
-            now,
+            row.token,
+            row.expires_at,
+            row.now,
+            row.now,
+            rule,
         ),
     )

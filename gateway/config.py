@@ -285,6 +285,13 @@ class BrokerSettings(_Model):
     batches_in_flight: int = Field(default=2, ge=1, le=16)
 
 
+class ApiSettings(_Model):
+    """The REST API's operator credential. Tenants' keys live in the database (ADR 0013)."""
+
+    admin_key: str | None = Field(default=None, min_length=32, max_length=256)
+    """The operator key (``Authorization: Bearer …``); without it no operator route answers."""
+
+
 class GatewayConfig(_Model):
     """Everything the gateway needs to start."""
 
@@ -307,6 +314,7 @@ class GatewayConfig(_Model):
     stripe: StripeSettings
     webhooks: WebhookSettings = WebhookSettings()
     notifications: NotificationSettings = NotificationSettings()
+    api: ApiSettings = ApiSettings()
     voucher_ttl_s: int = 14 * 86_400
     tick_s: float = 1.0
     ingest_batch: int = Field(default=500, ge=1, le=2000)

@@ -145,11 +145,13 @@ async def overdue(
     db: Database, store: str | None, now: float | None = None
 ) -> list[dict[str, Any]]:
     """Parcels still in a locker after their pickup period: the clerk takes them out."""
+    # No "? IS NULL" trick: PostgreSQL cannot type a parameter that is only compared to NULL.
+    by_store, args = ("AND store = ? ", (store,)) if store is not None else ("", ())
     rows = await db.fetchall(
         "SELECT parcel_id, store, device, compartment, size, loaded_by, state, code, loaded_at, "
         "valid_until, picked_up_at FROM pickups WHERE state = 'loaded' AND valid_until < ? "
-        "AND (? IS NULL OR store = ?) ORDER BY valid_until",
-        (now or time.time(), store, store),
+        f"{by_store}ORDER BY valid_until",
+        (now or time.time(), *args),
     )
     return [_pickup_json(r, now or time.time()) for r in rows]
 
@@ -314,17 +316,18 @@ async def sync_due(db: Database) -> int:
 async def _new_vouchers(
     tx: Transaction, since: float, now: float
 ) -> dict[str, list[tuple[float, VoucherCode]]]:
-    """Store-scoped vouchers of authorized returns created in ``[since, now)``, by store,
-    oldest first, with their creation time."""
+    """Store-scoped vouchers of returns authorized in ``[since, now)``, by store, oldest
+    first, with the time they were authorized."""
     rows = await tx.fetchall(
-        "SELECT short_code, voucher, stores, created_at FROM returns WHERE state = 'authorized' "
-        "AND expires_at > ? AND created_at >= ? AND created_at < ? AND stores != '[]' "
-        "ORDER BY created_at",
+        # updated_at: when it became authorized (at creation, or when approved in review).
+        "SELECT short_code, voucher, stores, updated_at FROM returns WHERE state = 'authorized' "
+        "AND expires_at > ? AND updated_at >= ? AND updated_at < ? AND stores != '[]' "
+        "ORDER BY updated_at",
         (now + SYNC_LAG_S, since, now),
     )
     by_store: dict[str, list[tuple[float, VoucherCode]]] = defaultdict(list)
-    for code, token, stores, created_at in rows:
-        entry = (float(created_at), VoucherCode(short_code=str(code), token=str(token)))
+    for code, token, stores, authorized_at in rows:
+        entry = (float(authorized_at), VoucherCode(short_code=str(code), token=str(token)))
         for store in json.loads(stores):
             by_store[store].append(entry)
     return by_store

@@ -391,6 +391,26 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX home_pickups_due ON home_pickups (status, next_attempt_at);
     """,
+    # 8: the merchant API — tenant keys (hashed), approval rules, review and cancel details
+    """
+    CREATE TABLE api_keys (
+        id TEXT PRIMARY KEY,
+        merchant TEXT NOT NULL REFERENCES merchants (id),
+        digest TEXT NOT NULL,
+        label TEXT NOT NULL,
+        created_at DOUBLE PRECISION NOT NULL,
+        revoked_at DOUBLE PRECISION
+    );
+    CREATE INDEX api_keys_merchant ON api_keys (merchant);
+    CREATE TABLE approval_rules (
+        merchant TEXT PRIMARY KEY REFERENCES merchants (id),
+        rules TEXT NOT NULL,
+        updated_at DOUBLE PRECISION NOT NULL
+    );
+    ALTER TABLE returns ADD COLUMN approval_rule TEXT;
+    ALTER TABLE returns ADD COLUMN cancel_reason TEXT;
+    CREATE INDEX returns_merchant_state ON returns (merchant, state, created_at);
+    """,
 ]
 
 

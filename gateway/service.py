@@ -232,7 +232,9 @@ class Gateway:
         keys = self.keys.public_texts()
         async with self.db.transaction() as tx:
             revoked = await tx.fetchall(
-                "SELECT id FROM returns WHERE state = 'cancelled' AND expires_at > ? ORDER BY id",
+                # Those that had a voucher: a return rejected in review never had one.
+                "SELECT id FROM returns WHERE state = 'cancelled' AND voucher != '' "
+                "AND expires_at > ? ORDER BY id",
                 (time.time(),),
             )
             content = {"voucher_keys": keys, "revoked_returns": [str(r[0]) for r in revoked]}
@@ -331,7 +333,7 @@ class Gateway:
             row = await tx.fetchone(
                 "SELECT id, merchant, order_id, state, short_code, voucher, expires_at, method, "
                 "size, item_count, amount_minor, currency, store, device, tote_id, created_at, "
-                "updated_at, reason FROM returns WHERE id = ?",
+                "updated_at, reason, approval_rule, cancel_reason FROM returns WHERE id = ?",
                 (return_id,),
             )
             if row is None:
@@ -355,21 +357,6 @@ class Gateway:
         if pickup is not None:
             view["home_pickup"] = pickup
         return view
-
-    async def list_returns(
-        self, *, state: str | None, merchant: str | None, limit: int
-    ) -> list[dict[str, Any]]:
-        """Returns, newest first, filtered by state and merchant."""
-        filters = {"state": state, "merchant": merchant}
-        where = [f"{column} = ?" for column, value in filters.items() if value is not None]
-        rows = await self.db.fetchall(
-            "SELECT id, state, merchant, order_id, tote_id, updated_at FROM returns "
-            + ("WHERE " + " AND ".join(where) if where else "")
-            + " ORDER BY created_at DESC LIMIT ?",
-            (*(v for v in filters.values() if v is not None), limit),
-        )
-        keys = ("id", "state", "merchant", "order_id", "tote_id", "updated_at")
-        return [dict(zip(keys, r, strict=True)) for r in rows]
 
     async def metrics_view(self) -> dict[str, Any]:
         """Counters and queue depths for operators."""
@@ -446,7 +433,8 @@ def _return_json(
     history: bool,
 ) -> dict[str, Any]:
     (rid, merchant, order_id, state, code, token, expires_at, method, size, items, amount,
-     currency, store, device, tote_id, created_at, updated_at, reason) = row  # fmt: skip
+     currency, store, device, tote_id, created_at, updated_at, reason, rule, cancel_reason,
+     ) = row  # fmt: skip
     view: dict[str, Any] = {
         "id": rid,
         "merchant": merchant,
@@ -457,7 +445,11 @@ def _return_json(
         "item_count": items,
         "reason": reason,
         "refund_amount": {"amount_minor": amount, "currency": currency},
-        "voucher": {
+        "approval_rule": rule,
+        "cancel_reason": cancel_reason,
+        "voucher": None  # none while in review
+        if not token
+        else {
             "token": token,
             "short_code": code,
             "short_code_display": f"{code[:4]}-{code[4:8]}-{code[8:]}",

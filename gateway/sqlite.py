@@ -113,13 +113,27 @@ class SqliteDatabase:
     async def transaction(self) -> AsyncIterator[SqliteTransaction]:
         """``async with db.transaction() as tx:`` commits on success, rolls back on error."""
         async with self._lock:
-            await self._c.execute("BEGIN IMMEDIATE")
+            await self._begin()
             try:
                 yield SqliteTransaction(self._c)
             except BaseException:
                 await self._c.execute("ROLLBACK")
                 raise
             await self._c.execute("COMMIT")
+
+    async def _begin(self) -> None:
+        """``BEGIN IMMEDIATE`` that a cancel cannot leave half done: the statement runs on the
+        connection's thread whatever happens to the awaiting task, so on a cancel it is
+        awaited to its end and rolled back before the lock is given up (else every later
+        transaction fails with "cannot start a transaction within a transaction")."""
+        begin = asyncio.ensure_future(self._c.execute("BEGIN IMMEDIATE"))
+        try:
+            await asyncio.shield(begin)
+        except asyncio.CancelledError:
+            with contextlib.suppress(sqlite3.Error):
+                await begin
+                await self._c.execute("ROLLBACK")
+            raise
 
     async def fetchone(self, sql: str, params: Params = ()) -> Row | None:
         """A read of the last committed state, beside any running write."""

@@ -41,7 +41,6 @@ class World:
     async def create_return(self, n: int, **changes: Any) -> str:
         """Authorize a return through the real authorization code; returns its id."""
         body: dict[str, Any] = {
-            "merchant": MERCHANT,
             "order_id": f"order-{n:05d}",
             "items": [{"sku": "SKU-1", "name": "T-shirt"}],
             "reason": "too small",
@@ -55,7 +54,11 @@ class World:
         }
         body.update(changes)
         return await authorize(
-            self.db, self.keys, ReturnRequest.model_validate(body), default_ttl_s=86_400
+            self.db,
+            self.keys,
+            ReturnRequest.model_validate(body),
+            default_ttl_s=86_400,
+            tenant=MERCHANT,
         )
 
     async def advance(self, return_id: str, *states: ReturnState) -> None:

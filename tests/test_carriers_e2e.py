@@ -75,7 +75,7 @@ async def wait_booked(system: LocalSystem, return_id: str) -> dict[str, Any]:
 
 
 async def api(system: LocalSystem, method: str, path: str, **kwargs: Any) -> tuple[int, Any]:
-    async with system.http.request(method, path, **kwargs) as resp:
+    async with system.operator.request(method, path, **kwargs) as resp:
         return resp.status, await resp.json()
 
 

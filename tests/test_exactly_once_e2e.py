@@ -76,7 +76,7 @@ async def test_every_delivery_twice_still_one_refund_per_return(system: LocalSys
     assert system.event_duplicator.duplicated >= RETURNS
     relayed = sum(relay.relayed for relay in system.push_duplicators)
     assert relayed >= 3 * 2, "three pushes for each of two totes"
-    metrics = await (await system.http.get("/v1/metrics")).json()
+    metrics = await (await system.operator.get("/v1/metrics")).json()
     assert metrics["events_duplicate"] >= RETURNS
 
     # One refund per return, counted where the money moves.

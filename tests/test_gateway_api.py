@@ -71,7 +71,7 @@ async def test_short_code_lookup(system: LocalSystem) -> None:
 @pytest.mark.parametrize(
     ("body", "status", "code", "field"),
     [
-        ({}, 422, "invalid_request", "merchant"),
+        ({}, 422, "invalid_request", "order_id"),
         ({"merchant": "acme", "order_id": "o", "items": [], "reason": "r",
           "refund": {"amount_minor": 1, "currency": "CNY"}, "customer": {"name": "n"}},
          422, "invalid_request", "items"),
@@ -80,7 +80,7 @@ async def test_short_code_lookup(system: LocalSystem) -> None:
          422, "invalid_request", "refund.amount_minor"),
         ({"merchant": "nobody", "order_id": "o", "items": [{"sku": "a"}], "reason": "r",
           "refund": {"amount_minor": 5, "currency": "CNY"}, "customer": {"name": "n"}},
-         422, "unknown_merchant", "merchant"),
+         422, "invalid_request", "merchant"),
         ({"merchant": "acme", "order_id": "o", "items": [{"sku": "a"}], "reason": "r",
           "refund": {"amount_minor": 5, "currency": "CNY"}, "customer": {"name": "n"},
           "stores": ["store-404"]}, 422, "unknown_store", "stores"),
@@ -128,5 +128,5 @@ async def test_forged_carrier_push_is_rejected_and_counted(system: LocalSystem) 
     async with system.http.post("/v1/carriers/kdniao/push", data=form) as resp:
         assert resp.status == 400
         assert (await resp.json())["Success"] is False
-    async with system.http.get("/v1/metrics") as resp:
+    async with system.operator.get("/v1/metrics") as resp:
         assert (await resp.json())["carrier_push_rejected"] == 1

@@ -15,7 +15,6 @@ import pytest
 from dropline.system import LocalSystem, SystemOptions
 from gateway.carriers.base import CHINA_TIME
 from gateway.config import RefundPolicy, RetrySettings
-from gateway.returns import Cause, CauseKind, ReturnState, move
 from simulator.carrier_http import CarrierKnobs
 
 pytestmark = pytest.mark.timeout(180)
@@ -94,10 +93,12 @@ async def webhook_types(system: LocalSystem, return_id: str) -> list[str]:
 
 
 async def cancel(system: LocalSystem, return_id: str) -> None:
-    """Cancel the return through the state machine (the cancel endpoint is another branch's)."""
+    """The merchant cancels the return through the API."""
+    async with system.http.post(
+        f"/v1/returns/{return_id}/cancel", json={"reason": "customer kept it"}
+    ) as resp:
+        assert resp.status == 200, await resp.text()
     assert system.gateway is not None
-    async with system.gateway.db.transaction() as tx:
-        await move(tx, return_id, ReturnState.CANCELLED, Cause(CauseKind.API, "test-cancel"))
     system.gateway.wake()
 
 
@@ -151,7 +152,7 @@ async def test_a_timed_out_booking_is_retried_without_a_second_courier(
     assert kdniao.requests["1001"] >= 2, "booked again after the timeout"
     assert kdniao.pickups_booked[rid] == 1, "the repeat found the first booking"
     assert booked["attempts"] >= 2 and booked["waybill"] == kdniao.orders[rid].waybill
-    async with system.http.get("/v1/metrics") as resp:
+    async with system.operator.get("/v1/metrics") as resp:
         metrics = await resp.json()
     assert metrics["home_pickup_failures"] >= 1 and metrics["home_pickups_booked"] == 1
 
@@ -166,7 +167,7 @@ async def test_a_refused_slot_goes_to_the_exception_queue(system: LocalSystem) -
     await system.wait_for_state([rid], "exception", timeout_s=60)
     view = await pickup_view(system, rid)
     assert view["status"] == "rejected" and "服务时间" in view["last_error"]
-    async with system.http.get("/v1/exceptions") as resp:
+    async with system.operator.get("/v1/exceptions") as resp:
         listing = await resp.json()
     [item] = listing["exceptions"]
     assert (item["reason"], item["carrier"], item["returns"]) == ("pickup_rejected", "kdniao",
@@ -177,7 +178,7 @@ async def test_a_refused_slot_goes_to_the_exception_queue(system: LocalSystem) -
 
     # The carrier serves nights now; the operator resumes: booked anew.
     system.kdniao.knobs.pickup_hours = None
-    async with system.http.post(
+    async with system.operator.post(
         f"/v1/exceptions/{item['id']}/resolve", json={"action": "resume", "by": "ops"}
     ) as resp:
         assert resp.status == 200
@@ -258,7 +259,7 @@ async def test_too_late_to_cancel_is_an_exception(system: LocalSystem) -> None:
     await system.wait_for_state([rid], "exception", timeout_s=60)
     view = await pickup_view(system, rid)
     assert view["status"] == "cancel_failed"
-    async with system.http.get("/v1/exceptions") as resp:
+    async with system.operator.get("/v1/exceptions") as resp:
         [item] = (await resp.json())["exceptions"]
     assert item["reason"] == "pickup_not_cancelled" and booked["waybill"] in item["detail"]
     assert await path(system, rid) == ["authorized", "cancelled", "exception"]

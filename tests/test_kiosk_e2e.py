@@ -31,7 +31,7 @@ async def _json(request: Any) -> Any:
 
 async def _add_clerk(system: LocalSystem, pin: str = "1357") -> None:
     clerk = {"name": "Bo", "pin": pin, "badge": "B-77"}
-    status, _ = await _json(system.http.put("/v1/stores/store-1/clerks/clerk-7", json=clerk))
+    status, _ = await _json(system.operator.put("/v1/stores/store-1/clerks/clerk-7", json=clerk))
     assert status == 200
     agent = system.kiosks[0].agent
 
@@ -46,7 +46,7 @@ async def test_pickup_from_load_to_collection(system: LocalSystem) -> None:
     kiosk = system.kiosks[0]
     agent = kiosk.agent
     await _add_clerk(system)
-    status, body = await _json(system.http.put(
+    status, body = await _json(system.operator.put(
         "/v1/stores/store-1/clerks/clerk-8", json={"name": "Cy", "pin": "1357"}))  # fmt: skip
     assert (status, body["error"]["code"]) == (409, "conflict"), "PINs are unique per store"
 
@@ -56,12 +56,12 @@ async def test_pickup_from_load_to_collection(system: LocalSystem) -> None:
     agent.clerks.logout()
 
     async def issued() -> Any:
-        status, view = await _json(system.http.get("/v1/pickups/PARCEL-12345"))
+        status, view = await _json(system.operator.get("/v1/pickups/PARCEL-12345"))
         rows = await agent.db.pickups()
         return status == 200 and rows and view
 
     await system.wait_until(issued, 30)
-    _, view = await _json(system.http.get("/v1/pickups/PARCEL-12345"))
+    _, view = await _json(system.operator.get("/v1/pickups/PARCEL-12345"))
     assert (view["state"], view["compartment"], view["overdue"]) == (
         "loaded",
         loaded.compartment,
@@ -73,7 +73,7 @@ async def test_pickup_from_load_to_collection(system: LocalSystem) -> None:
     assert (session.state, session.compartment) == ("done", loaded.compartment)
 
     async def picked_up() -> bool:
-        _, v = await _json(system.http.get("/v1/pickups/PARCEL-12345"))
+        _, v = await _json(system.operator.get("/v1/pickups/PARCEL-12345"))
         return bool(v["state"] == "picked_up")
 
     await system.wait_until(picked_up, 30)
@@ -94,7 +94,7 @@ async def test_overdue_report(system: LocalSystem) -> None:
     await system.wait_until(both_known, 30)
     async with system.gateway.db.transaction() as tx:  # eight days have passed for OLD-1
         await tx.execute("UPDATE pickups SET valid_until = 1 WHERE parcel_id = 'OLD-1'")
-    status, report = await _json(system.http.get("/v1/pickups/overdue?store=store-1"))
+    status, report = await _json(system.operator.get("/v1/pickups/overdue?store=store-1"))
     assert status == 200
     assert [p["parcel_id"] for p in report["pickups"]] == ["OLD-1"]
 
@@ -138,19 +138,19 @@ async def test_clerk_seal_closes_the_tote_and_the_label_prints(system: LocalSyst
 
 
 async def test_operator_opens_a_door_remotely(system: LocalSystem) -> None:
-    status, body = await _json(system.http.post(
+    status, body = await _json(system.operator.post(
         "/v1/stores/store-1/devices/kiosk-1/commands",
         json={"name": "open_door", "compartment": "A2"}))  # fmt: skip
     assert status == 202
 
     async def answered() -> Any:
-        _, view = await _json(system.http.get(f"/v1/commands/{body['command_id']}"))
+        _, view = await _json(system.operator.get(f"/v1/commands/{body['command_id']}"))
         return view["outcome"]
 
     await system.wait_until(answered, 30)
-    _, view = await _json(system.http.get(f"/v1/commands/{body['command_id']}"))
+    _, view = await _json(system.operator.get(f"/v1/commands/{body['command_id']}"))
     assert view["outcome"] == "succeeded"
     assert system.kiosks[0].mechanics.pulses["A2"] == 1
-    status, bad = await _json(system.http.post(
+    status, bad = await _json(system.operator.post(
         "/v1/stores/store-1/devices/kiosk-1/commands", json={"name": "open_door"}))  # fmt: skip
     assert (status, bad["error"]["code"]) == (422, "invalid_request")

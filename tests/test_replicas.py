@@ -43,7 +43,12 @@ async def system(tmp_path: Path, postgres_url: str) -> AsyncIterator[LocalSystem
 
 
 async def _metrics(replica: GatewayProcess) -> dict[str, Any]:
-    async with aiohttp.ClientSession() as http, http.get(f"{replica.url}/v1/metrics") as reply:
+    key = replica.config.api.admin_key
+    headers = {"Authorization": f"Bearer {key}"}
+    async with (
+        aiohttp.ClientSession(headers=headers) as http,
+        http.get(f"{replica.url}/v1/metrics") as reply,
+    ):
         assert reply.status == 200
         result: dict[str, Any] = await reply.json()
         return result

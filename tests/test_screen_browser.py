@@ -69,7 +69,7 @@ async def test_kiosk_screen_in_chromium(system: LocalSystem, tmp_path: Path) -> 
             await expect(page.locator("#detail")).to_contain_text(f"door {door}")
             await page.screenshot(path=ARTIFACTS / "3-accepted.png")
 
-            resp = await system.http.put(
+            resp = await system.operator.put(
                 "/v1/stores/store-1/clerks/clerk-1", json={"name": "Ada", "pin": "4321"}
             )
             assert resp.status == 200

@@ -171,7 +171,7 @@ async def test_malformed_mqtt_payload_is_dead_lettered(system: LocalSystem) -> N
     rows = await gateway.db.fetchall("SELECT payload, reason FROM dead_letters ORDER BY id")
     assert [bytes(r[0]) for r in rows] == garbage, "raw bytes kept"
     assert {r[1] for r in rows} == {"malformed_message", "unknown_type"}
-    metrics = await (await system.http.get("/v1/metrics")).json()
+    metrics = await (await system.operator.get("/v1/metrics")).json()
     assert metrics["dead_letters_total"] == len(garbage)
 
     # The gateway keeps working: a real return still flows through.
