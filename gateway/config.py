@@ -317,6 +317,9 @@ class GatewayConfig(_Model):
     api: ApiSettings = ApiSettings()
     voucher_ttl_s: int = 14 * 86_400
     tick_s: float = 1.0
+    timers_min_gap_s: float = Field(default=0.1, ge=0)
+    """Least time between two runs of the kiosk-facing timers (tote closing, bookings, syncs,
+    commands), however often new work wakes them."""
     ingest_batch: int = Field(default=500, ge=1, le=2000)
     seq_gap_timeout_s: float = Field(default=60.0, gt=0)
     """How long an event waits for an earlier ``seq`` of its device before it is applied

@@ -290,6 +290,9 @@ class Gateway:
                 await self._run_due_work()
             except Exception:
                 log.exception("timer work failed; will retry at the next tick")
+            # Under load every batch wakes us: let wake-ups gather instead of taking the
+            # database's writer back to back from ingest.
+            await asyncio.sleep(self.config.timers_min_gap_s)
 
     async def _run_due_work(self) -> None:
         async with self.db.transaction() as tx:

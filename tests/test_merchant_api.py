@@ -67,9 +67,11 @@ async def test_keys_roles_and_tenant_isolation(system: LocalSystem) -> None:
         assert status == 401
         assert (await call(anonymous, "GET", "/v1/health"))[0] == 200
         assert (await call(anonymous, "GET", "/v1/metrics"))[0] == 401
-    for path in ("/v1/metrics", "/v1/tenants", "/v1/exceptions", "/v1/stores"):
+    for path in ("/v1/metrics", "/v1/tenants", "/v1/exceptions"):
         status, data = await call(system.http, "GET", path)
         assert (status, data["error"]["code"]) == (403, "forbidden"), path
+    status, data = await call(system.http, "GET", "/v1/stores")  # shared drop-off points
+    assert status == 200 and [s["id"] for s in data["stores"]] == system.store_ids
 
     beta = await new_tenant(system, "beta")
     try:

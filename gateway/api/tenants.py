@@ -1,4 +1,5 @@
-"""Operator routes: tenants (the merchants), their API keys, and the stores."""
+"""Tenants (the merchants) and their API keys (operator routes), and the stores (every
+merchant may list them: they are the network's drop-off points)."""
 
 from aiohttp import web
 from pydantic import BaseModel, Field
@@ -167,7 +168,9 @@ ROUTES: list[Route] = [
           response=KeyList, errors=(404,)),
     Route("DELETE", "/v1/tenants/{tenant}/keys/{key}", revoke_key, "operator",
           "Revoke a key", response=ApiKey, errors=(404,)),
-    Route("GET", "/v1/stores", list_stores, "operator", "Every store", response=StoreList),
-    Route("GET", "/v1/stores/{store}", get_store, "operator", "One store", response=Store,
+    # Stores are the network's drop-off points, shared by every merchant: a tenant lists them
+    # to scope its vouchers to the stores it wants.
+    Route("GET", "/v1/stores", list_stores, "merchant", "Every store", response=StoreList),
+    Route("GET", "/v1/stores/{store}", get_store, "merchant", "One store", response=Store,
           errors=(404,)),
 ]  # fmt: skip
