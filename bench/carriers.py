@@ -149,7 +149,11 @@ async def gateway_pushes(n: int, concurrency: int) -> float:
 
 
 def _ms(latencies: list[float], q: int) -> float:
-    return statistics.quantiles(latencies, n=100)[q - 1] if len(latencies) > 1 else 0.0
+    return (
+        statistics.quantiles(latencies, n=100, method="inclusive")[q - 1]
+        if len(latencies) > 1
+        else 0.0
+    )
 
 
 async def main(n_creates: int, pushes: int, concurrency: int) -> dict[str, float]:

@@ -200,7 +200,7 @@ def summarize(results: list[KioskResult]) -> dict[str, float]:
     out = {"published": published, "acked": acked, "seconds": round(seconds, 3),
            "events_per_s": round(acked / seconds)}  # fmt: skip
     if latencies:
-        q = statistics.quantiles(latencies, n=100)
+        q = statistics.quantiles(latencies, n=100, method="inclusive")
         out |= {"p50_ms": round(q[49] * 1000, 1), "p99_ms": round(q[98] * 1000, 1)}
     return out
 

@@ -61,7 +61,7 @@ async def probe(port: int, plan: KioskPlan, rate: float) -> dict[str, float]:
 
 
 def _quantiles(samples: list[float]) -> tuple[float, float]:
-    q = statistics.quantiles(samples, n=100)
+    q = statistics.quantiles(samples, n=100, method="inclusive")
     return round(q[49] * 1000, 1), round(q[98] * 1000, 1)
 
 

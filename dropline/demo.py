@@ -184,7 +184,7 @@ async def _report(
 def _quantiles(values: list[float]) -> str:
     if len(values) < 2:
         return "n/a"
-    qs = statistics.quantiles(values, n=100)
+    qs = statistics.quantiles(values, n=100, method="inclusive")
     return f"p50 {statistics.median(values):.1f}, p95 {qs[94]:.1f}, max {max(values):.1f}"
 
 
