@@ -28,7 +28,6 @@ import resource
 import shutil
 import signal
 import sqlite3
-import subprocess
 import sys
 import tempfile
 import threading
@@ -43,12 +42,12 @@ from zoneinfo import ZoneInfo
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import aiohttp
 import aiomqtt
 
 from bench.machine import describe
 from bench.seed import seed
 from dropline.broker import MosquittoBroker, free_port
+from dropline.gateway_process import GatewayProcess
 from gateway.authorization import ReturnRequest, authorize
 from gateway.config import GatewayConfig
 from gateway.database import open_database
@@ -388,33 +387,6 @@ def _cores() -> tuple[int, set[int]]:
     return gateway_core, (set(cores) - {gateway_core}) or {gateway_core}
 
 
-def _start_gateway(config_path: Path, log_path: Path, core: int) -> subprocess.Popen[bytes]:
-    own = os.sched_getaffinity(0)
-    os.sched_setaffinity(0, {core})  # the child and all its threads inherit the one core
-    try:
-        with log_path.open("wb") as log:
-            return subprocess.Popen(
-                [sys.executable, "-m", "dropline", "gateway", "--config", str(config_path)],
-                stdout=log,
-                stderr=log,
-            )
-    finally:
-        os.sched_setaffinity(0, own)
-
-
-async def _wait_healthy(url: str, process: subprocess.Popen[bytes]) -> None:
-    async with aiohttp.ClientSession() as http:
-        for _ in range(300):
-            if process.poll() is not None:
-                raise RuntimeError("the gateway exited")
-            with contextlib.suppress(aiohttp.ClientError):
-                async with http.get(f"{url}/v1/health") as resp:
-                    if resp.status == 200 and (await resp.json())["broker_connected"]:
-                        return
-            await asyncio.sleep(0.1)  # polling a starting process
-    raise RuntimeError("the gateway did not come up")
-
-
 def _identities(kiosks: int) -> list[KioskIdentity]:
     return [
         KioskIdentity(f"store-{i // KIOSKS_PER_STORE:04d}", f"kiosk-{i % KIOSKS_PER_STORE}")
@@ -530,7 +502,7 @@ class Rig:
     """The broker, the gateway process and what watches them."""
 
     broker: MosquittoBroker
-    gateway: subprocess.Popen[bytes]
+    gateway: GatewayProcess
     db_path: Path
     count: BrokerCount
     poller: PresencePoller
@@ -636,15 +608,6 @@ async def _kiosk_phase(
     }
 
 
-async def _stop_gateway(gateway: subprocess.Popen[bytes]) -> None:
-    gateway.send_signal(signal.SIGTERM)
-    try:
-        await asyncio.to_thread(gateway.wait, 20)
-    except subprocess.TimeoutExpired:
-        gateway.kill()
-        await asyncio.to_thread(gateway.wait)
-
-
 async def run(options: Options) -> dict[str, Any]:
     """The whole benchmark; its results."""
     started = time.time()
@@ -664,18 +627,18 @@ async def run(options: Options) -> dict[str, Any]:
     window = options.seconds + options.kiosks / options.ramp_per_s
     per_kiosk = max(2, math.ceil(window / options.timing.dropoff_every_s * 2 + 2))
     owned = await _authorize_returns(db_path, config, idents, per_kiosk)
-    rig = Rig(broker, _start_gateway(config_path, tmp / "gateway.log", gateway_core), db_path,
-              BrokerCount(), PresencePoller(db_path))  # fmt: skip
+    gateway = GatewayProcess(config, tmp, "gateway", cpus={gateway_core})
+    rig = Rig(broker, gateway, db_path, BrokerCount(), PresencePoller(db_path))
     watcher = asyncio.create_task(rig.count.watch(broker.host, broker.port))
     result: dict[str, Any] = {}
     try:
-        await _wait_healthy(f"http://127.0.0.1:{http_port}", rig.gateway)
+        await gateway.start()
         rig.poller.start()
         result |= await _kiosk_phase(options, rig, idents, owned)
         if options.connections:
             result |= await _bare_phase(options, broker, rig.count)
     finally:
-        await _stop_gateway(rig.gateway)
+        await gateway.stop()
         watcher.cancel()
         await asyncio.gather(watcher, return_exceptions=True)
         await broker.stop()

@@ -5,6 +5,7 @@ replicas side by side and kill one with SIGKILL.
 
 import asyncio
 import contextlib
+import os
 import signal
 import sys
 from pathlib import Path
@@ -24,7 +25,10 @@ class GatewayProcessError(RuntimeError):
 class GatewayProcess:
     """A ``dropline gateway`` child process with its config written to ``workdir``."""
 
-    def __init__(self, config: GatewayConfig, workdir: Path, name: str) -> None:
+    def __init__(
+        self, config: GatewayConfig, workdir: Path, name: str, *, cpus: set[int] | None = None
+    ) -> None:
+        """``cpus``: pin the process (all its threads) to these cores, for measurements."""
         if config.http_port == 0:
             raise ValueError("a replica needs a fixed http_port to be reachable")
         self.config = config
@@ -32,6 +36,7 @@ class GatewayProcess:
         self.config_path = workdir / f"{name}.toml"
         self.log_path = workdir / f"{name}.log"
         self.url = f"http://{config.http_host}:{config.http_port}"
+        self._cpus = cpus
         self._process: asyncio.subprocess.Process | None = None
 
     @property
@@ -57,6 +62,9 @@ class GatewayProcess:
                 stdout=log,
                 stderr=log,
             )
+        if self._cpus:
+            # Pinned before the interpreter has started any thread; later ones inherit it.
+            os.sched_setaffinity(self._process.pid, self._cpus)
         await self._wait_ready()
 
     async def _wait_ready(self) -> None:

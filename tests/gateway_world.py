@@ -2,10 +2,17 @@
 state machine (the same functions ingest, shipping and the API call). For tests of the
 outbound parts without MQTT or kiosks."""
 
+import contextlib
+import copy
+import dataclasses
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import pytest
+
+from dropline.system import LocalSystem, SystemOptions, running_system
 from gateway import refunds
 from gateway.authorization import ReturnRequest, authorize
 from gateway.config import MerchantSettings, MerchantSystemSettings, RefundPolicy
@@ -139,3 +146,15 @@ async def open_world(
         yield World(db, keys, merchant)
     finally:
         await db.close()
+
+
+@contextlib.asynccontextmanager
+async def system_for(
+    request: pytest.FixtureRequest, workdir: Path, database: str, default: SystemOptions
+) -> AsyncIterator[LocalSystem]:
+    """The whole local system for a test parametrized (``indirect``) with its options, or
+    ``default``, on ``database``. The options are copied: their knobs are mutable and the same
+    parameters serve both database backends."""
+    opts = copy.deepcopy(getattr(request, "param", None) or default)
+    async with running_system(workdir, dataclasses.replace(opts, database=database)) as system:
+        yield system

@@ -2,8 +2,6 @@
 push and by polling, queues problems as exceptions an operator resolves, and tracks a home
 pickup. Real Mosquitto, gateway, edge agents and HTTP; only the carriers are simulated."""
 
-import copy
-import dataclasses
 import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -18,6 +16,7 @@ from gateway.carriers.base import Address, Parcel, Shipment, ShipmentRequest
 from gateway.config import RetrySettings, TrackingSettings
 from gateway.tracking import register_shipment
 from simulator.carrier_http import CarrierKnobs
+from tests.gateway_world import system_for
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -28,14 +27,8 @@ FAST_TRACKING = TrackingSettings(quiet_after_s=0.2, poll_every_s=0.2, silent_aft
 async def system(
     tmp_path: Path, request: pytest.FixtureRequest, gateway_database: str
 ) -> AsyncIterator[LocalSystem]:
-    # A copy: the knobs are mutable and the same parameters serve both database backends.
-    opts = copy.deepcopy(getattr(request, "param", None) or options())
-    s = LocalSystem(tmp_path, dataclasses.replace(opts, database=gateway_database))
-    await s.start()
-    try:
+    async with system_for(request, tmp_path, gateway_database, options()) as s:
         yield s
-    finally:
-        await s.stop()
 
 
 def options(**kwargs: Any) -> SystemOptions:

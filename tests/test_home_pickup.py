@@ -3,8 +3,6 @@ books the courier with the simulated carrier, the carrier's pushes carry the ret
 refund; timeouts, refusals, cancellations and a kiosk drop-off instead. Real gateway,
 Mosquitto, HTTP and both database backends; only the carriers (and payments) are simulated."""
 
-import copy
-import dataclasses
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -16,6 +14,7 @@ from dropline.system import LocalSystem, SystemOptions
 from gateway.carriers.base import CHINA_TIME
 from gateway.config import RefundPolicy, RetrySettings
 from simulator.carrier_http import CarrierKnobs
+from tests.gateway_world import system_for
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -33,13 +32,8 @@ def options(**kwargs: Any) -> SystemOptions:
 async def system(
     tmp_path: Path, request: pytest.FixtureRequest, gateway_database: str
 ) -> AsyncIterator[LocalSystem]:
-    opts = copy.deepcopy(getattr(request, "param", None) or options())
-    s = LocalSystem(tmp_path, dataclasses.replace(opts, database=gateway_database))
-    await s.start()
-    try:
+    async with system_for(request, tmp_path, gateway_database, options()) as s:
         yield s
-    finally:
-        await s.stop()
 
 
 TIMES_OUT_ONCE = options(
