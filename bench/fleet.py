@@ -44,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import aiomqtt
 
-from bench.machine import describe
+from bench.machine import cpu_seconds, describe
 from bench.seed import seed
 from dropline.broker import MosquittoBroker, free_port
 from dropline.gateway_process import GatewayProcess
@@ -242,12 +242,6 @@ async def _authorize_returns(
         return owned
     finally:
         await db.close()
-
-
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process, all its threads."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _runqueue_wait_seconds(pid: int) -> float:
@@ -521,7 +515,7 @@ class Usage:
 
     def _read(self) -> tuple[float, float, float]:
         gateway, broker = self.rig.gateway.pid, self.rig.broker.pid or 0
-        return _cpu_seconds(gateway), _runqueue_wait_seconds(gateway), _cpu_seconds(broker)
+        return cpu_seconds(gateway), _runqueue_wait_seconds(gateway), cpu_seconds(broker)
 
     def ratios(self) -> dict[str, float]:
         """Each as a fraction of one core over the window."""

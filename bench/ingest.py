@@ -6,10 +6,12 @@ stores each, applies it and acks it after the commit.
                            [--postgres postgresql://postgres@127.0.0.1:5432/test]
 
 Cases: SQLite with one replica, PostgreSQL with one and with two replicas (MQTT v5 shared
-subscription), and the broker alone (the same payloads published and received by a plain
-paho subscriber that does nothing, the library the gateway uses). For each: durable
+subscription), and the broker alone (the same payloads published and received by the
+gateway's own MQTT link, paho-mqtt, with a handler that only counts). For each: durable
 events/s (every event acked after its commit; first publish to last ack) and p50/p99 from
-publish to ack at saturation. The last line is one JSON object.
+publish to ack at saturation, and applied events/s (first publish to the last event
+applied: the gateway acks once an event is stored and applies it behind, ADR 0018). The
+last line is one JSON object.
 
 The returns the events drop off are seeded as ``authorized`` rows before each case; totes
 are set never to close, so that what is measured is ingest (store, order, apply the
@@ -26,16 +28,15 @@ import sys
 import tempfile
 import time
 from multiprocessing.synchronize import Barrier
+from multiprocessing.synchronize import Event as EventType
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import paho.mqtt.client as paho
-from paho.mqtt.enums import CallbackAPIVersion
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.machine import describe
+from bench.machine import cpu_seconds, describe
 from dropline.broker import MosquittoBroker, free_port
 from dropline.gateway_process import GatewayProcess
 from gateway.config import (
@@ -51,7 +52,7 @@ from gateway.config import (
     StripeSettings,
 )
 from gateway.database import open_database
-from protocol import topics
+from gateway.mqtt import GatewayLink
 from protocol.ids import uuid7
 from simulator.kiosk_load import KioskPlan, KioskResult, run_kiosks
 
@@ -131,6 +132,19 @@ async def seed(database: str, kiosk_plans: list[KioskPlan]) -> None:
         await db.close()
 
 
+async def all_applied(database: str) -> float:
+    """When no stored event is left to apply (the gateway applies behind its acks)."""
+    db = await open_database(database)
+    try:
+        while True:
+            row = await db.fetchone("SELECT count(*) FROM events WHERE sequenced = 0")
+            if row is not None and int(row[0]) == 0:
+                return time.perf_counter()
+            await asyncio.sleep(0.05)  # another process's progress: polled, no event to await
+    finally:
+        await db.close()
+
+
 async def stored_events(database: str) -> int:
     db = await open_database(database)
     try:
@@ -158,9 +172,12 @@ def _worker(
     rate_per_kiosk: float,
     barrier: Barrier,
     results: "multiprocessing.Queue[list[KioskResult]]",
+    received: "EventType | None" = None,
 ) -> None:
+    hold = None if received is None else (lambda: received.wait(300))
     results.put(run_kiosks("127.0.0.1", port, kiosk_plans, window=window, gateway=gateway,
-                           rate_per_kiosk=rate_per_kiosk, ready=barrier.wait))  # fmt: skip
+                           rate_per_kiosk=rate_per_kiosk, ready=barrier.wait,
+                           hold=hold))  # fmt: skip
 
 
 def load(
@@ -223,12 +240,18 @@ async def gateway_case(
         await process.start()
     try:
         await seed(database, kiosk_plans)
+        cpu_before = [cpu_seconds(p.pid) for p in processes]
         results = await asyncio.to_thread(load, broker.port, kiosk_plans, args, gateway=True)
+        cpu = sum(cpu_seconds(p.pid) for p in processes) - sum(cpu_before)
+        applied_at = await all_applied(database)
         shares = [await received_by(p) for p in processes]
     finally:
         for process in processes:
             await process.stop()
     result = summarize(results)
+    first = min(r.first_publish for r in results)
+    result["applied_per_s"] = round(result["acked"] / (applied_at - first))
+    result["gateway_cpu_us_per_event"] = round(cpu / max(1, result["acked"]) * 1e6, 1)
     result["stored"] = await stored_events(database)
     result["received_by_replica"] = shares
     print(f"{name}: {result}", flush=True)
@@ -236,30 +259,42 @@ async def gateway_case(
 
 
 def _count_events(
-    port: int, total: int, barrier: Barrier, out: "multiprocessing.Queue[float]"
+    port: int,
+    total: int,
+    barrier: Barrier,
+    out: "multiprocessing.Queue[float]",
+    received: "EventType",
 ) -> None:
-    """The raw broker's receiving side: a paho subscriber that only counts."""
-    received = 0
-    done = multiprocessing.Event()
+    """The raw broker's receiving side: the gateway's own MQTT link (paho, driven the same
+    way) with a batch handler that only counts, so every message is acked at once."""
 
-    def on_message(*_: object) -> None:
-        nonlocal received
-        received += 1
-        if received == total:
-            done.set()
+    async def count() -> float:
+        counted = 0
+        done = asyncio.Event()
 
-    client = paho.Client(CallbackAPIVersion.VERSION2, client_id="raw-counter",
-                         protocol=paho.MQTTv311, clean_session=True)  # fmt: skip
-    client.max_inflight_messages_set(1000)
-    client.on_message = on_message
-    client.connect("127.0.0.1", port)
-    client.subscribe(topics.ALL_EVENTS, qos=1)
-    client.loop_start()
-    barrier.wait()
-    done.wait(300)
-    out.put(time.perf_counter())
-    client.disconnect()
-    client.loop_stop()
+        async def on_batch(batch: list[tuple[str, bytes]]) -> None:
+            nonlocal counted
+            counted += len(batch)
+            if counted >= total:
+                done.set()
+
+        async def nothing(*_: object) -> None:
+            return None
+
+        link = GatewayLink(BrokerSettings(port=port), client_id="raw-counter",
+                           on_batch=on_batch, on_connect=nothing, on_poison=nothing)  # fmt: skip
+        running = asyncio.create_task(link.run())
+        await link.consuming.wait()
+        await asyncio.to_thread(barrier.wait)
+        async with asyncio.timeout(300):
+            await done.wait()
+        finished = time.perf_counter()
+        received.set()
+        running.cancel()
+        await asyncio.wait([running])
+        return finished
+
+    out.put(asyncio.run(count()))
 
 
 def raw_case(broker: MosquittoBroker, args: argparse.Namespace) -> dict[str, Any]:
@@ -270,22 +305,24 @@ def raw_case(broker: MosquittoBroker, args: argparse.Namespace) -> dict[str, Any
     finished: multiprocessing.Queue[float] = ctx.Queue()
     # The counter joins the kiosks' barrier, so it is subscribed before anything is sent.
     counter_barrier = ctx.Barrier(args.workers + 1)
+    received = ctx.Event()
     counter = ctx.Process(
-        target=_count_events, args=(broker.port, total, counter_barrier, finished)
+        target=_count_events, args=(broker.port, total, counter_barrier, finished, received)
     )
     counter.start()
     shares = [kiosk_plans[w :: args.workers] for w in range(args.workers)]
     queue: multiprocessing.Queue[list[KioskResult]] = ctx.Queue()
     workers = [
         ctx.Process(
-            target=_worker, args=(broker.port, s, args.window, False, 0.0, counter_barrier, queue)
+            target=_worker,
+            args=(broker.port, s, args.window, False, 0.0, counter_barrier, queue, received),
         )
         for s in shares
     ]
     for w in workers:
         w.start()
     results = [r for _ in workers for r in queue.get()]
-    last_received = finished.get()
+    last_received = finished.get(timeout=600)  # raises if the counter died
     for w in [*workers, counter]:
         w.join()
     first = min(r.first_publish for r in results)
@@ -338,7 +375,9 @@ def _keyed(case: str, result: dict[str, Any]) -> dict[str, Any]:
         f"{case}_per_s": result["events_per_s"],
         f"{case}_p50_ms": result.get("p50_ms"),
         f"{case}_p99_ms": result.get("p99_ms"),
+        f"{case}_applied_per_s": result["applied_per_s"],
         f"{case}_lost": result["published"] - result["stored"],
+        f"{case}_gateway_cpu_us_per_event": result["gateway_cpu_us_per_event"],
     }
 
 

@@ -2,6 +2,7 @@
 
 import os
 import platform
+from pathlib import Path
 
 
 def describe() -> dict[str, object]:
@@ -21,3 +22,9 @@ def describe() -> dict[str, object]:
         "python": platform.python_version(),
         "os": f"{platform.system()} {platform.release()}",
     }
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far, all its threads."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

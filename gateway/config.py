@@ -321,6 +321,11 @@ class GatewayConfig(_Model):
     """Least time between two runs of the kiosk-facing timers (tote closing, bookings, syncs,
     commands), however often new work wakes them."""
     ingest_batch: int = Field(default=500, ge=1, le=2000)
+    apply_batch: int = Field(default=500, ge=1, le=5000)
+    """Stored events applied per transaction by the applier (ADR 0017)."""
+    apply_lag_limit: int = Field(default=100_000, ge=1)
+    """Stored events waiting to be applied beyond which the applier stops deferring to
+    ingest; at twice this many, ingest waits for the applier (kiosks keep their events)."""
     seq_gap_timeout_s: float = Field(default=60.0, gt=0)
     """How long an event waits for an earlier ``seq`` of its device before it is applied
     regardless (the earlier one is lost, or the kiosk's numbering restarted)."""

@@ -1,16 +1,25 @@
 """Kiosk events in, application acks out (DESIGN §2 flow 2, §5 rules 4, 5 and 9).
 
-One batch of raw MQTT messages is one transaction:
+Events are acked once stored and applied behind (ADR 0017). One batch of raw MQTT messages is
+one short transaction:
 
 1. decode every message; what does not decode is dead-lettered with its raw bytes, counted;
 2. store the events in one statement, ``ON CONFLICT (id) DO NOTHING ... RETURNING id``, so a
-   duplicate does nothing and we learn which events are new;
-3. apply the new events per device in ``seq`` order, never by arrival: each device has a
-   cursor (the last ``seq`` applied); an event right after it is applied, a later one waits
-   in ``pending_events`` until the gap fills or :meth:`Ingest.release_stale_gaps` gives up
-   on it; an event at or below the cursor (a kiosk whose numbering restarted) is applied at
-   once and counted as late, and so is a live request with ``seq`` 0;
-4. after the commit the caller acks every stored event, new or duplicate, to its kiosk.
+   duplicate does nothing and we learn which events are new; a new event is stored
+   ``sequenced = 0``;
+3. after the commit the caller acks every stored event, new or duplicate, to its kiosk: the
+   event is durable, and the kiosk may forget it.
+
+:meth:`Ingest.apply_stored` then applies stored events (``gateway/applier.py`` runs it), any
+replica's, in transactions of its own:
+
+4. claim a set of unsequenced events (``FOR UPDATE SKIP LOCKED``, so two replicas never take
+   the same one) and mark them sequenced;
+5. apply them per device in ``seq`` order, never by arrival: each device has a cursor (the
+   last ``seq`` applied); an event right after it is applied, a later one waits in
+   ``pending_events`` until the gap fills or :meth:`Ingest.release_stale_gaps` gives up on
+   it; an event at or below the cursor (a kiosk whose numbering restarted) is applied at
+   once and counted as late, and so is a live request with ``seq`` 0 (taken first).
 
 Applying is set-based so that a batch costs a handful of statements, not a few per event:
 a device's events are cut into runs of one type, the n-th runs of all devices form a wave,
@@ -55,16 +64,26 @@ class IngestStats:
     applied: int = 0
     late: int = 0
     gaps_released: int = 0
+    sequenced: int = 0
+    apply_failures: int = 0
     dead_letters: Counter[str] = field(default_factory=Counter)
     by_type: Counter[str] = field(default_factory=Counter)
 
 
 @dataclass
 class BatchResult:
-    """What a batch produced: ids to ack per device, and whether new work appeared."""
+    """What a batch produced: ids to ack per device, and how many events were new."""
 
     acks: dict[DeviceKey, list[str]] = field(default_factory=lambda: defaultdict(list))
-    work: bool = False
+    new: int = 0
+
+
+@dataclass(frozen=True)
+class ApplyResult:
+    """What one :meth:`Ingest.apply_stored` did."""
+
+    taken: int
+    work: bool
 
 
 @dataclass
@@ -88,7 +107,7 @@ class Ingest:
         self._handlers[event_type] = handler
 
     async def handle(self, batch: Sequence[tuple[str, bytes]]) -> BatchResult:
-        """Decode, store and apply one batch; the caller publishes ``acks`` after this returns."""
+        """Decode and store one batch; the caller publishes ``acks`` after this returns."""
         self.stats.received += len(batch)
         decoded = self._decode(batch)
         result = BatchResult()
@@ -96,8 +115,7 @@ class Ingest:
             await self._dead_letter(tx, decoded.dead)
             await _record_presence(tx, decoded.statuses)
             if decoded.events:
-                new = await self._store(tx, decoded)
-                result.work = await self._apply_in_order(tx, new)
+                result.new = await self._store(tx, decoded)
         for event in decoded.events:
             result.acks[(event.store, event.device)].append(str(event.id))
         return result
@@ -147,8 +165,8 @@ class Ingest:
 
     # ---- 2. store -----------------------------------------------------------------------
 
-    async def _store(self, tx: Transaction, decoded: _Decoded) -> list[Event]:
-        """Insert the events (as received); returns the ones that were new, in batch order."""
+    async def _store(self, tx: Transaction, decoded: _Decoded) -> int:
+        """Insert the events (as received), to be applied; returns how many were new."""
         events = decoded.events
         unique = {str(e.id): e for e in events}
         now = time.time()
@@ -159,18 +177,93 @@ class Ingest:
         ]  # fmt: skip
         inserted = await tx.fetchall(
             "INSERT INTO events (id, store, device, seq, session, type, historical, envelope, "
-            "ts, received_at) VALUES "
-            + ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"] * len(rows))
+            "ts, received_at, sequenced) VALUES "
+            + ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0)"] * len(rows))
             + " ON CONFLICT (id) DO NOTHING RETURNING id",
             [value for row in rows for value in row],
         )
-        new_ids = {r[0] for r in inserted}
-        new = [e for eid, e in unique.items() if eid in new_ids]
-        self.stats.stored += len(new)
-        self.stats.duplicates += len(events) - len(new)
-        return new
+        self.stats.stored += len(inserted)
+        self.stats.duplicates += len(events) - len(inserted)
+        return len(inserted)
 
-    # ---- 3. apply in seq order ----------------------------------------------------------
+    # ---- 4. claim stored events -----------------------------------------------------------
+
+    async def apply_stored(self, limit: int) -> ApplyResult:
+        """Apply up to ``limit`` stored events not yet sequenced (live requests first), in
+        one transaction; returns how many it took and whether handlers made work."""
+        async with self._db.transaction() as tx:
+            events = await self._claim(tx, limit)
+            work = await self._apply_in_order(tx, events)
+        self.stats.sequenced += len(events)
+        return ApplyResult(len(events), work)
+
+    async def apply_alone(self, event_id: str) -> bool:
+        """Apply one stored event by itself; when that fails too, dead-letter it (marked
+        sequenced, so it is never taken again) and return False. For an applier whose
+        batch keeps failing: one bad event must not hold up the others."""
+        try:
+            async with self._db.transaction() as tx:
+                events = await self._claim(tx, 1, event_id=event_id)
+                await self._apply_in_order(tx, events)
+            self.stats.sequenced += len(events)
+            return True
+        except Exception as exc:
+            log.exception("event %s cannot be applied; dead-lettered", event_id)
+            self.stats.apply_failures += 1
+            async with self._db.transaction() as tx:
+                rows = await tx.fetchall(
+                    "UPDATE events SET sequenced = 1 WHERE id = ? AND sequenced = 0 "
+                    "RETURNING store, device, type, envelope",
+                    (event_id,),
+                )
+                dead = [
+                    (topics.event(str(st), str(dv), str(ty)), str(raw).encode(),
+                     "handler_failed", repr(exc)[:500])
+                    for st, dv, ty, raw in rows
+                ]  # fmt: skip
+                await self._dead_letter(tx, dead)
+            return False
+
+    async def unsequenced_ids(self, limit: int) -> list[str]:
+        """Ids of stored events not yet applied, oldest first."""
+        rows = await self._db.fetchall(
+            "SELECT id FROM events WHERE sequenced = 0 ORDER BY received_at LIMIT ?", (limit,)
+        )
+        return [str(r[0]) for r in rows]
+
+    async def _claim(
+        self, tx: Transaction, limit: int, *, event_id: str | None = None
+    ) -> list[Event]:
+        """Take unsequenced events (locked, skipping those another replica holds), mark
+        them sequenced and decode them; live requests (``seq`` 0) come first."""
+        lock = tx.for_update(skip_locked=True)
+        if event_id is not None:
+            rows = await tx.fetchall(
+                "SELECT id, type, envelope FROM events WHERE id = ? AND sequenced = 0" + lock,
+                (event_id,),
+            )
+        else:
+            rows = await tx.fetchall(
+                "SELECT id, type, envelope FROM events WHERE sequenced = 0 AND seq = 0 "
+                "ORDER BY received_at LIMIT ?" + lock,
+                (limit,),
+            )
+            if len(rows) < limit:
+                rows += await tx.fetchall(
+                    "SELECT id, type, envelope FROM events WHERE sequenced = 0 "
+                    "ORDER BY received_at LIMIT ?" + lock,
+                    (limit,),
+                )
+        taken = list({str(r[0]): r for r in rows}.values())[:limit]
+        if not taken:
+            return []
+        await tx.execute(
+            f"UPDATE events SET sequenced = 1 WHERE id IN ({placeholders(len(taken))})",
+            [r[0] for r in taken],
+        )
+        return [envelope.decode(raw, event_type) for _, event_type, raw in taken]
+
+    # ---- 5. apply in seq order ----------------------------------------------------------
 
     async def _apply_in_order(self, tx: Transaction, new: list[Event]) -> bool:
         if not new:

@@ -2,12 +2,16 @@
 broker only after the batch is committed, publishes acks, commands and retained store configs,
 and announces its own presence.
 
-It drives paho-mqtt directly (its network thread, ``manual_ack=True``) rather than aiomqtt:
-aiomqtt PUBACKs a message before our code sees it, and its per-message hops through asyncio
-cap a subscriber near 20k messages/s on these machines (DESIGN §9). Here the network thread
-only appends to a bounded buffer; the event loop drains it in batches. The buffer's bound is
-ours to keep because Mosquitto stops enforcing its in-flight window (upstream #2301): when it
-is full the network thread stops reading and TCP pushes back on the broker.
+It drives paho-mqtt directly (``manual_ack=True``) rather than aiomqtt: aiomqtt PUBACKs a
+message before our code sees it, and its per-message hops through asyncio cap a subscriber
+near 20k messages/s on these machines (DESIGN §9). paho runs on the event loop (its
+external-loop mode: the loop's reader and writer callbacks call ``loop_read`` and
+``loop_write``), not on its own network thread: threaded, paho wakes its ``select`` through
+a socket pair for every PUBACK it queues and reads one packet per wake-up, and its thread
+fights the event loop for the GIL; that cost ~140 µs per message here, the loop-driven
+client ~35 µs (ADR 0017). Messages go to a bounded buffer that the event loop drains in
+batches. The bound is ours to keep because Mosquitto stops enforcing its in-flight window
+(upstream #2301): when the buffer is full we stop reading, and TCP pushes back on the broker.
 """
 
 import asyncio
@@ -37,6 +41,9 @@ PoisonHandler = Callable[[str, bytes, Exception], Awaitable[None]]
 
 BATCH_ATTEMPTS = 4
 """Tries of a failing batch before it is split to find the message at fault."""
+READS_PER_WAKEUP = 256
+"""Packets read per reader callback at most, so that a flood cannot starve the loop."""
+KEEPALIVE_CHECK_S = 1.0
 
 
 class GatewayLinkDownError(ConnectionError):
@@ -50,51 +57,12 @@ def _gateway_status(online: bool) -> bytes:
     return envelope.encode(env)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class _Inbound:
     topic: str
     payload: bytes
     mid: int
     qos: int
-
-
-class _Inbox:
-    """Messages from paho's thread to the event loop, bounded, one wake-up per idle period."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, limit: int) -> None:
-        self._loop = loop
-        self._limit = limit
-        self._items: collections.deque[_Inbound] = collections.deque()
-        self._room = threading.Condition()
-        self._ready = asyncio.Event()
-        self._closed = False
-
-    def put(self, item: _Inbound) -> None:
-        """Called on paho's thread; blocks it (and so the socket) while the buffer is full."""
-        with self._room:
-            while len(self._items) >= self._limit and not self._closed:
-                self._room.wait(0.5)
-            self._items.append(item)
-            if len(self._items) == 1:
-                self._loop.call_soon_threadsafe(self._ready.set)
-
-    async def take(self, limit: int) -> list[_Inbound]:
-        """Wait for at least one message; return up to ``limit`` of them."""
-        while True:
-            with self._room:
-                if self._items:
-                    n = min(limit, len(self._items))
-                    taken = [self._items.popleft() for _ in range(n)]
-                    self._room.notify_all()
-                    return taken
-                self._ready.clear()
-            await self._ready.wait()
-
-    def close(self) -> None:
-        """Release a blocked producer; later messages go in regardless of the bound."""
-        with self._room:
-            self._closed = True
-            self._room.notify_all()
 
 
 class GatewayLink:
@@ -106,6 +74,9 @@ class GatewayLink:
     shared subscription, so that several gateway replicas split the stream; presence
     (retained status) is subscribed to by every replica, since shared subscriptions get no
     retained messages.
+
+    Everything but the blocking TCP connect runs on the event loop, so nothing here needs
+    a lock.
     """
 
     def __init__(
@@ -126,14 +97,25 @@ class GatewayLink:
         self._batch_max = batch_max
         self._client: paho.Client | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        # Touched on the event loop only: paho calls on_publish holding its own lock, so a
-        # lock of ours taken both there and around client.publish() deadlocks under load.
+        self._loop_thread = 0
+        self._socket: Any = None
+        self._reading = False
+        self._connecting = False  # paho's connect runs on another thread: leave it alone
+        self._packets = 0  # messages and PUBACKs handled: tells a read that found data
+        self._inbox: collections.deque[_Inbound] = collections.deque()
+        self._inbox_ready = asyncio.Event()
+        self._lost = asyncio.Event()
         self._pending: dict[int, asyncio.Future[None]] = {}
         self._generation = 0
         self._connect_work: asyncio.Task[None] | None = None
         self.connected = asyncio.Event()
         self.consuming = asyncio.Event()
         """Set once the broker confirmed this session's subscriptions (events flow)."""
+        self.idle = asyncio.Event()
+        """Set while no message waits in the buffer or in a batch being handled."""
+        self.idle.set()
+        self.batches = 0
+        """Batches handed to ``on_batch`` so far."""
 
     # ---- set-up ---------------------------------------------------------------------------
 
@@ -152,12 +134,15 @@ class GatewayLink:
         client.will_set(topics.GATEWAY_STATUS, _gateway_status(False), qos=1, retain=True)
         client.max_inflight_messages_set(s.max_inflight)
         client.max_queued_messages_set(0)
-        client.reconnect_delay_set(min_delay=1, max_delay=max(1, int(s.reconnect_s * 10)))
         client.on_connect = self._paho_connected
         client.on_disconnect = self._paho_disconnected
         client.on_message = self._paho_message
         client.on_publish = self._paho_published
         client.on_subscribe = self._paho_subscribed
+        client.on_socket_open = self._socket_opened
+        client.on_socket_close = self._socket_closed
+        client.on_socket_register_write = self._socket_wants_write
+        client.on_socket_unregister_write = self._socket_wrote_all
         return client
 
     def _subscriptions(self) -> list[tuple[str, int]]:
@@ -167,7 +152,85 @@ class GatewayLink:
             streams = [topics.shared(group, t) for t in streams]
         return [(t, 1) for t in [*streams, topics.ALL_STATUS]]
 
-    # ---- paho's thread ----------------------------------------------------------------------
+    # ---- the socket on the event loop ----------------------------------------------------
+
+    def _on_loop(self, callback: Callable[..., None], *args: Any) -> None:
+        """Run ``callback`` on the event loop: at once when called there, else soon (paho
+        calls the socket callbacks from the connecting thread too)."""
+        assert self._loop is not None
+        if threading.get_ident() == self._loop_thread:
+            callback(*args)
+        else:
+            with contextlib.suppress(RuntimeError):  # the loop closed: nothing to watch
+                self._loop.call_soon_threadsafe(callback, *args)
+
+    def _socket_opened(self, client: paho.Client, userdata: Any, sock: Any) -> None:
+        self._on_loop(self._watch, sock)
+
+    def _socket_closed(self, client: paho.Client, userdata: Any, sock: Any) -> None:
+        self._on_loop(self._unwatch, sock)
+
+    def _socket_wants_write(self, client: paho.Client, userdata: Any, sock: Any) -> None:
+        self._on_loop(self._add_writer, sock)
+
+    def _socket_wrote_all(self, client: paho.Client, userdata: Any, sock: Any) -> None:
+        self._on_loop(self._remove_writer, sock)
+
+    def _watch(self, sock: Any) -> None:
+        self._socket = sock
+        self._reading = False
+        self._resume_reading()
+
+    def _unwatch(self, sock: Any) -> None:
+        assert self._loop is not None
+        if self._socket is sock:
+            self._socket = None
+        with contextlib.suppress(ValueError, OSError):
+            self._loop.remove_reader(sock)
+            self._loop.remove_writer(sock)
+
+    def _add_writer(self, sock: Any) -> None:
+        assert self._loop is not None
+        if sock is self._socket and self._client is not None:
+            with contextlib.suppress(ValueError, OSError):
+                self._loop.add_writer(sock, self._client.loop_write)
+
+    def _remove_writer(self, sock: Any) -> None:
+        assert self._loop is not None
+        with contextlib.suppress(ValueError, OSError):
+            self._loop.remove_writer(sock)
+
+    def _resume_reading(self) -> None:
+        """Read again once the buffer has room (and the socket is up)."""
+        assert self._loop is not None
+        if self._reading or self._socket is None:
+            return
+        if len(self._inbox) >= self._settings.inbox_limit:
+            return
+        with contextlib.suppress(ValueError, OSError):
+            self._loop.add_reader(self._socket, self._readable)
+            self._reading = True
+
+    def _pause_reading(self) -> None:
+        assert self._loop is not None
+        if self._reading and self._socket is not None:
+            self._loop.remove_reader(self._socket)
+        self._reading = False
+
+    def _readable(self) -> None:
+        """Read what the socket holds, a bounded number of packets per wake-up (the loop
+        calls again while data remains), and stop reading while the buffer is full."""
+        client = self._client
+        if client is None:
+            return
+        for _ in range(READS_PER_WAKEUP):
+            before = self._packets
+            if client.loop_read() != paho.MQTT_ERR_SUCCESS or self._packets == before:
+                break
+        if len(self._inbox) >= self._settings.inbox_limit:
+            self._pause_reading()
+
+    # ---- paho's callbacks (on the event loop) ---------------------------------------------
 
     def _paho_connected(
         self,
@@ -182,12 +245,10 @@ class GatewayLink:
             return
         client.subscribe(self._subscriptions())
         client.publish(topics.GATEWAY_STATUS, _gateway_status(True), qos=1, retain=True)
-        assert self._loop is not None
-        self._loop.call_soon_threadsafe(self._up)
+        self._on_loop(self._up)
 
     def _paho_subscribed(self, client: paho.Client, userdata: Any, *_: Any) -> None:
-        assert self._loop is not None
-        self._loop.call_soon_threadsafe(self.consuming.set)
+        self._on_loop(self.consuming.set)
 
     def _paho_disconnected(
         self,
@@ -197,11 +258,14 @@ class GatewayLink:
         reason: ReasonCode,
         properties: Properties | None,
     ) -> None:
-        assert self._loop is not None
-        self._loop.call_soon_threadsafe(self._down, str(reason))
+        self._on_loop(self._down, str(reason))
 
     def _paho_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
-        self._inbox.put(_Inbound(message.topic, bytes(message.payload), message.mid, message.qos))
+        self._packets += 1
+        self._inbox.append(
+            _Inbound(message.topic, bytes(message.payload), message.mid, message.qos)
+        )
+        self._inbox_ready.set()
 
     def _paho_published(
         self,
@@ -211,16 +275,12 @@ class GatewayLink:
         reason: ReasonCode,
         properties: Properties | None,
     ) -> None:
-        assert self._loop is not None
-        with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits any more
-            self._loop.call_soon_threadsafe(self._published, mid)
-
-    # ---- the event loop -------------------------------------------------------------------
-
-    def _published(self, mid: int) -> None:
+        self._packets += 1
         future = self._pending.pop(mid, None)
-        if future is not None:
-            _resolve(future)
+        if future is not None and not future.done():
+            future.set_result(None)
+
+    # ---- the session ------------------------------------------------------------------------
 
     def _up(self) -> None:
         if self._client is None:
@@ -238,6 +298,7 @@ class GatewayLink:
             log.warning("gateway broker link down (%s); reconnecting", reason)
         self.connected.clear()
         self.consuming.clear()
+        self._lost.set()
         pending, self._pending = self._pending, {}
         for future in pending.values():
             if not future.done():
@@ -246,35 +307,84 @@ class GatewayLink:
     async def run(self) -> None:
         """Connect (and keep reconnecting) and consume until cancelled."""
         self._loop = asyncio.get_running_loop()
-        self._inbox = _Inbox(self._loop, limit=self._settings.inbox_limit)
+        self._loop_thread = threading.get_ident()
         client = self._make_client()
         self._client = client
-        client.connect_async(self._settings.host, self._settings.port, self._settings.keepalive_s)
-        client.loop_start()
+        workers = [
+            asyncio.create_task(self._consume(client), name="gateway-mqtt-consume"),
+            asyncio.create_task(self._keep_alive(client), name="gateway-mqtt-keepalive"),
+        ]
         try:
-            await self._consume(client)
+            await self._stay_connected(client)
         finally:
             self._client = None
-            if self._connect_work is not None:
-                self._connect_work.cancel()
-                await asyncio.wait([self._connect_work])
-            self._inbox.close()
+            for task in [*workers, self._connect_work]:
+                if task is not None:
+                    task.cancel()
+            await asyncio.wait([t for t in [*workers, self._connect_work] if t is not None])
             self.connected.clear()
-            await asyncio.to_thread(_shut_down, client)
+            self.consuming.clear()
+            self._shut_down(client)
+
+    async def _stay_connected(self, client: paho.Client) -> None:
+        """Connect, wait until the link is lost, wait ``reconnect_s``, and again."""
+        s = self._settings
+        assert self._loop is not None
+        while True:
+            self._lost.clear()
+            self._connecting = True
+            try:
+                await self._loop.run_in_executor(None, client.connect, s.host, s.port,
+                                                 s.keepalive_s)  # fmt: skip
+            except OSError as exc:
+                log.info("broker %s:%d unreachable: %s", s.host, s.port, exc)
+            else:
+                self._connecting = False
+                await self._lost.wait()
+            finally:
+                self._connecting = False
+            await asyncio.sleep(s.reconnect_s)  # back off before the next attempt
+
+    async def _keep_alive(self, client: paho.Client) -> None:
+        """paho's housekeeping: PINGREQ when idle, and a lost link found by its silence."""
+        while True:
+            await asyncio.sleep(KEEPALIVE_CHECK_S)
+            if self._socket is not None and not self._connecting:
+                client.loop_misc()
+
+    def _shut_down(self, client: paho.Client) -> None:
+        """Say DISCONNECT (so the broker does not publish our will) and close."""
+        if self._socket is not None:
+            client.disconnect()
+            client.loop_write()  # a few bytes into an idle socket: sent at once
+        if self._socket is not None:
+            self._unwatch(self._socket)
 
     async def _consume(self, client: paho.Client) -> None:
         """Hand batches to ``on_batch``, up to ``batches_in_flight`` at once: while one batch
         is in the database, the next is being decoded."""
         slots = asyncio.Semaphore(self._settings.batches_in_flight)
         running: set[asyncio.Task[None]] = set()
+
+        def finished(task: asyncio.Task[None]) -> None:
+            running.discard(task)
+            slots.release()
+            if not running and not self._inbox:
+                self.idle.set()
+
         try:
             while True:
-                items = await self._inbox.take(self._batch_max)
+                while not self._inbox:
+                    self._inbox_ready.clear()
+                    await self._inbox_ready.wait()
                 await slots.acquire()
+                n = min(self._batch_max, len(self._inbox))
+                items = [self._inbox.popleft() for _ in range(n)]
+                self._resume_reading()
                 task = asyncio.create_task(self._process(client, items, self._generation))
+                self.batches += 1
                 running.add(task)
-                task.add_done_callback(running.discard)
-                task.add_done_callback(lambda _: slots.release())
+                task.add_done_callback(finished)
         finally:
             for task in running:
                 task.cancel()
@@ -284,7 +394,7 @@ class GatewayLink:
     async def _process(self, client: paho.Client, items: list[_Inbound], generation: int) -> None:
         if not await self._handle(items):
             return  # not acked: the broker redelivers on reconnect and kiosks resend
-        if generation != self._generation:
+        if generation != self._generation or not self.connected.is_set():
             return  # a new session: the broker redelivers what we did not ack
         for item in items:
             if item.qos > 0:
@@ -338,14 +448,9 @@ class GatewayLink:
         info = client.publish(topic, payload, qos=1, retain=retain)
         if info.rc != paho.MQTT_ERR_SUCCESS:
             raise GatewayLinkDownError(paho.error_string(info.rc))
-        # Its PUBACK is handled by _published, which runs on this loop after we return.
+        # Its PUBACK is read on this loop, so always after we return.
         self._pending[info.mid] = future
         return future
-
-
-def _resolve(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
 
 
 def _ignore_outcome(future: asyncio.Future[None]) -> None:
@@ -356,8 +461,3 @@ def _ignore_outcome(future: asyncio.Future[None]) -> None:
 def _log_failure(task: "asyncio.Task[None]") -> None:
     if not task.cancelled() and task.exception() is not None:
         log.error("gateway on-connect work failed", exc_info=task.exception())
-
-
-def _shut_down(client: paho.Client) -> None:
-    client.disconnect()
-    client.loop_stop()

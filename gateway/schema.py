@@ -411,6 +411,13 @@ MIGRATIONS: list[str] = [
     ALTER TABLE returns ADD COLUMN cancel_reason TEXT;
     CREATE INDEX returns_merchant_state ON returns (merchant, state, created_at);
     """,
+    # 9: events are acked once stored and applied behind (ADR 0017): ``sequenced`` = handed
+    # to the per-device ordering (applied, or waiting in pending_events for a gap)
+    """
+    ALTER TABLE events ADD COLUMN sequenced BIGINT NOT NULL DEFAULT 1;
+    CREATE INDEX events_unsequenced ON events (received_at) WHERE sequenced = 0;
+    CREATE INDEX events_unsequenced_live ON events (received_at) WHERE sequenced = 0 AND seq = 0;
+    """,
 ]
 
 

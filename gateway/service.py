@@ -23,6 +23,7 @@ from gateway import (
     refunds,
 )
 from gateway.api import make_app
+from gateway.applier import Applier
 from gateway.carrier_choice import CarrierChooser
 from gateway.carriers.base import Carrier
 from gateway.carriers.kdniao import KdniaoCarrier
@@ -101,9 +102,19 @@ class Gateway:
             on_poison=self.ingest.quarantine,
             batch_max=cfg.ingest_batch,
         )
+        self.applier = Applier(
+            self.ingest,
+            batch=cfg.apply_batch,
+            lag_limit=cfg.apply_lag_limit,
+            ingest_idle=self.link.idle,
+            ingest_batches=lambda: self.link.batches,
+            on_work=self.wake,
+        )
+        self.applier.wake()  # what was stored but not applied before a restart
         await self._serve_http()
         self._tasks = [
             asyncio.create_task(self.link.run(), name="gateway-mqtt"),
+            asyncio.create_task(self.applier.run(), name="gateway-applier"),
             asyncio.create_task(self._timers(), name="gateway-timers"),
             asyncio.create_task(self._outbound_timers(), name="gateway-outbound"),
         ]
@@ -254,14 +265,14 @@ class Gateway:
         return StoreConfig(store=store, version=version, **content)
 
     async def _on_batch(self, batch: Batch) -> None:
+        await self.applier.room()
         result = await self.ingest.handle(batch)
         try:
             self._publish_acks(result.acks)
         except GatewayLinkDownError as exc:
             # Committed all the same: the kiosks resend and get their ack from the duplicate.
             log.info("acks wait for the kiosks' retries: %s", exc)
-        if result.work:
-            self.wake()
+        self.applier.stored(result.new)
 
     def _publish_acks(self, acks: dict[tuple[str, str], list[str]]) -> None:
         """Application acks go out without waiting for PUBACKs: a lost ack costs a resend."""
@@ -295,6 +306,7 @@ class Gateway:
             await asyncio.sleep(self.config.timers_min_gap_s)
 
     async def _run_due_work(self) -> None:
+        self.applier.wake()  # events another replica stored and could not apply
         async with self.db.transaction() as tx:
             closed = await consolidation.close_due(tx, self.config.consolidation)
         for tote_id, reason in closed:
@@ -374,6 +386,8 @@ class Gateway:
             "dead_letters": dict(stats.dead_letters),
             "dead_letters_total": int(dead[0]) if dead else 0,
             "events_applied": stats.applied,
+            "events_waiting_to_apply": self.applier.lag,
+            "events_apply_failures": stats.apply_failures,
             "events_late": stats.late,
             "events_waiting_for_gap": await self.ingest.pending_count(),
             "seq_gaps_released": stats.gaps_released,
