@@ -1,4 +1,4 @@
-"""Applies stored kiosk events behind ingest (ADR 0017).
+"""Applies stored kiosk events behind ingest (ADR 0018).
 
 Ingest acks an event once it is stored; the applier takes stored events that are not yet
 applied, whichever replica stored them, and applies them in transactions of

@@ -136,10 +136,13 @@ async def authorize(
     if merchant is None:
         raise UnknownMerchantError("a merchant is required")
     return_id = uuid7()
-    now = time.time()
-    expires_at = int(now + (req.expires_in_s or default_ttl_s))
     items = sum(i.quantity for i in req.items)
     async with db.transaction() as tx:
+        # Stamped once the transaction holds the database: kiosks are sent the short codes
+        # of returns stamped at least SYNC_LAG_S ago (kiosk_flows.sync_due), so the time from
+        # stamp to commit must stay below it, and waiting for SQLite's writer must not count.
+        now = time.time()
+        expires_at = int(now + (req.expires_in_s or default_ttl_s))
         await _check_references(tx, merchant, req)
         decision = approval.decide(
             await approval.load(tx, merchant),

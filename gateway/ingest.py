@@ -1,6 +1,6 @@
 """Kiosk events in, application acks out (DESIGN §2 flow 2, §5 rules 4, 5 and 9).
 
-Events are acked once stored and applied behind (ADR 0017). One batch of raw MQTT messages is
+Events are acked once stored and applied behind (ADR 0018). One batch of raw MQTT messages is
 one short transaction:
 
 1. decode every message; what does not decode is dead-lettered with its raw bytes, counted;

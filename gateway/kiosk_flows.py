@@ -14,7 +14,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
-from gateway import commands, consolidation
+from gateway import commands, consolidation, pickup_parcels
 from gateway.database import Database, Transaction
 from protocol import clerks, shortcode
 from protocol.envelope import Envelope
@@ -126,19 +126,26 @@ async def _parcel_loaded(
             valid_until=valid_until,
         ),
     )
+    # The customer learns the code from us (the kiosk only ever gets its hash).
+    await pickup_parcels.parcel_loaded(tx, body.parcel_id, time.time())
     log.info("parcel %s in %s/%s %s: pickup code issued", body.parcel_id, store, device,
              body.compartment)  # fmt: skip
     return True
 
 
 async def pickup_view(db: Database, parcel_id: str) -> dict[str, Any] | None:
-    """A pickup parcel: where it is, its code (for the customer notice), whether overdue."""
+    """A pickup parcel: where it is, its code, whether overdue, and whose it is (the merchant
+    and order, when registered: ``gateway/pickup_parcels.py``)."""
     row = await db.fetchone(
-        "SELECT parcel_id, store, device, compartment, size, loaded_by, state, code, loaded_at, "
-        "valid_until, picked_up_at FROM pickups WHERE parcel_id = ?",
+        "SELECT p.parcel_id, p.store, p.device, p.compartment, p.size, p.loaded_by, p.state, "
+        "p.code, p.loaded_at, p.valid_until, p.picked_up_at, r.merchant, r.order_id "
+        "FROM pickups p LEFT JOIN pickup_parcels r ON r.parcel_id = p.parcel_id "
+        "WHERE p.parcel_id = ?",
         (parcel_id,),
     )
-    return None if row is None else _pickup_json(row, time.time())
+    if row is None:
+        return None
+    return {**_pickup_json(row[:11], time.time()), "merchant": row[11], "order_id": row[12]}
 
 
 async def overdue(

@@ -411,7 +411,55 @@ MIGRATIONS: list[str] = [
     ALTER TABLE returns ADD COLUMN cancel_reason TEXT;
     CREATE INDEX returns_merchant_state ON returns (merchant, state, created_at);
     """,
-    # 9: events are acked once stored and applied behind (ADR 0017): ``sequenced`` = handed
+    # 9: pickup parcels registered by their merchant (who the customer is; a row with no
+    # merchant is a parcel a kiosk loaded that nobody registered, gateway/pickup_parcels.py),
+    # and customer notifications about a pickup parcel as well as a return: ``return_id`` may
+    # be NULL now, so the table is rebuilt (SQLite cannot drop a NOT NULL). ``code_issue`` is
+    # the ``parcel_loaded`` event that issued the pickup code a notice carries: one notice per
+    # code issued and channel.
+    """
+    CREATE TABLE pickup_parcels (
+        parcel_id TEXT PRIMARY KEY,
+        merchant TEXT REFERENCES merchants (id),
+        order_id TEXT,
+        store TEXT REFERENCES stores (id),
+        customer TEXT,
+        created_at DOUBLE PRECISION NOT NULL,
+        updated_at DOUBLE PRECISION NOT NULL,
+        CHECK ((merchant IS NULL) = (customer IS NULL))
+    );
+    CREATE INDEX pickup_parcels_merchant ON pickup_parcels (merchant, created_at);
+    CREATE TABLE notifications_v9 (
+        id TEXT PRIMARY KEY,
+        return_id TEXT REFERENCES returns (id),
+        parcel_id TEXT,
+        code_issue TEXT,
+        kind TEXT NOT NULL,
+        channel TEXT NOT NULL,
+        recipient TEXT NOT NULL,
+        context TEXT NOT NULL,
+        status TEXT NOT NULL,
+        attempts BIGINT NOT NULL DEFAULT 0,
+        next_attempt_at DOUBLE PRECISION NOT NULL,
+        claim TEXT,
+        last_error TEXT,
+        created_at DOUBLE PRECISION NOT NULL,
+        sent_at DOUBLE PRECISION,
+        UNIQUE (return_id, kind, channel),
+        UNIQUE (code_issue, kind, channel),
+        CHECK ((return_id IS NULL) <> (parcel_id IS NULL)),
+        CHECK ((parcel_id IS NULL) = (code_issue IS NULL))
+    );
+    INSERT INTO notifications_v9 (id, return_id, kind, channel, recipient, context, status,
+        attempts, next_attempt_at, claim, last_error, created_at, sent_at)
+    SELECT id, return_id, kind, channel, recipient, context, status, attempts,
+        next_attempt_at, claim, last_error, created_at, sent_at FROM notifications;
+    DROP TABLE notifications;
+    ALTER TABLE notifications_v9 RENAME TO notifications;
+    CREATE INDEX notifications_due ON notifications (status, next_attempt_at);
+    CREATE INDEX notifications_parcel ON notifications (parcel_id, created_at)
+    """,
+    # 10: events are acked once stored and applied behind (ADR 0018): ``sequenced`` = handed
     # to the per-device ordering (applied, or waiting in pending_events for a gap)
     """
     ALTER TABLE events ADD COLUMN sequenced BIGINT NOT NULL DEFAULT 1;

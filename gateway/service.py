@@ -85,7 +85,7 @@ class Gateway:
         self.notifications = NotificationDispatcher(
             self._db,
             make_notifiers(cfg.notifications, self._http),
-            Renderer(cfg.base_url),
+            Renderer(cfg.base_url, timezone=cfg.consolidation.timezone),
             cfg.notifications,
         )
         self.tracking = TrackingDesk(self._db, cfg.tracking, self.carriers)

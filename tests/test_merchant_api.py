@@ -84,6 +84,13 @@ async def test_keys_roles_and_tenant_isolation(system: LocalSystem) -> None:
             assert status == 404, path
         status, _ = await call(beta, "POST", f"/v1/returns/{ret['id']}/cancel", {"reason": "x"})
         assert status == 404
+        parcel = {"order_id": "o-1", "store": "store-1", "customer": {"name": "Lin"}}
+        assert (await call(system.http, "PUT", "/v1/pickups/ACME-P1", parcel))[0] == 200
+        assert (await call(beta, "GET", "/v1/pickups/ACME-P1/notifications"))[0] == 404
+        assert (await call(beta, "GET", "/v1/pickups/ACME-P1"))[0] == 403, "operator only"
+        assert (await call(beta, "PUT", "/v1/pickups/ACME-P1", parcel))[0] == 409
+        status, data = await call(beta, "PUT", "/v1/pickups/B-1", {**parcel, "merchant": "acme"})
+        assert (status, data["error"]["fields"][0]["field"]) == (422, "merchant")
         status, page = await call(beta, "GET", "/v1/returns")
         assert (status, page["returns"]) == (200, [])
         status, data = await call(beta, "POST", "/v1/returns", {**_body(2), "merchant": "acme"})

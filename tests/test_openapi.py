@@ -169,6 +169,12 @@ async def test_real_answers_validate(system: LocalSystem) -> None:
     assert status == 202
     assert (await check(op, "GET", f"/v1/commands/{command['command_id']}"))[0] == 200
     assert (await check(op, "GET", "/v1/pickups/overdue"))[0] == 200
+    parcel = {"order_id": "o-1", "store": "store-1", "customer": {"name": "Lin"}}
+    assert (await check(tenant, "PUT", "/v1/pickups/P-1", parcel))[0] == 200
+    assert (await check(op, "PUT", "/v1/pickups/P-1", {**parcel, "merchant": "beta"}))[0] == 409
+    assert (await check(tenant, "PUT", "/v1/pickups/P-2", {**parcel, "store": "nope"}))[0] == 422
+    assert (await check(tenant, "GET", "/v1/pickups/P-1/notifications"))[0] == 200
+    assert (await check(tenant, "GET", "/v1/pickups/P-2/notifications"))[0] == 404
     async with system.gateway.db.transaction() as tx:
         subject = Subject.shipment("kdniao", "YT9", None, rid)
         exception_id, _ = await carrier_exceptions.open_exception(

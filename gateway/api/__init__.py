@@ -6,6 +6,7 @@
 | ``reviews``       | the review queue; the auto-approval rules                     | merchant |
 | ``refunds``       | refund decisions, risk flags; refund system callback (signed) | merchant |
 | ``notifications`` | a return's customer messages                                  | merchant |
+| ``parcels``       | pickup parcels: registration, their customer messages         | merchant |
 | ``webhooks``      | webhook endpoints and deliveries                              | merchant |
 | ``reports``       | return reasons, drop-offs, refund time, carrier exceptions    | merchant |
 | ``tenants``       | tenants, their API keys, stores                               | operator |
