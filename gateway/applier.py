@@ -6,15 +6,24 @@ applied, whichever replica stored them, and applies them in transactions of
 ingest commit and by the timers' tick (which also picks up what a crashed replica stored
 and never applied).
 
-Under a burst, ingest goes first: while fewer than ``lag_limit`` stored events wait to be
-applied, the applier runs only once the link has been idle for ``QUIET_S`` (a gap in the
-traffic, which a gateway that is not saturated has between batches), so that kiosks get
-their acks and their outboxes drain while it is busy. Past ``lag_limit`` it no longer
-waits; past twice that, ingest waits for it (:meth:`Applier.room`), so the lag stays bounded.
+Ingest goes first, in two ways, while fewer than ``lag_limit`` stored events wait:
+
+- the applier starts a transaction only while the link is idle (no message waiting, no
+  batch in hand), which a gateway that keeps up is most of the time: it applies within
+  milliseconds of the ack;
+- when events arrive faster than it can apply them anyway (over ``OVERLOAD`` of its measured
+  rate, over the last second: a burst, a fleet coming back online with a day's outboxes),
+  applying in every gap would only slow the acks without keeping up, so it waits for the
+  burst to pass and lets kiosks' outboxes drain at ingest speed.
+
+Past ``lag_limit`` it no longer waits; past twice that, ingest waits for it
+(:meth:`Applier.room`), so the lag stays bounded.
 """
 
 import asyncio
+import collections
 import logging
+import time
 from collections.abc import Callable
 
 from gateway.ingest import Ingest
@@ -23,8 +32,11 @@ log = logging.getLogger(__name__)
 
 ATTEMPTS = 3
 """Tries of a failing apply before its events are applied one by one."""
-QUIET_S = 0.05
-"""How long the link must have been idle before the applier takes the database from it."""
+OVERLOAD = 0.8
+"""Arrivals above this share of the applier's own rate are a burst it cannot keep up with."""
+RATE_WINDOW_S = 1.0
+RECHECK_S = 0.25
+"""How often a deferring applier looks at the arrival rate again."""
 
 
 class Applier:
@@ -37,18 +49,19 @@ class Applier:
         batch: int,
         lag_limit: int,
         ingest_idle: asyncio.Event,
-        ingest_batches: Callable[[], int],
         on_work: Callable[[], None],
     ) -> None:
         self._ingest = ingest
         self._batch = batch
         self._lag_limit = lag_limit
         self._ingest_idle = ingest_idle
-        self._ingest_batches = ingest_batches
         self._on_work = on_work
         self._wakeup = asyncio.Event()
         self._caught_up = asyncio.Event()
         self._caught_up.set()
+        self._arrivals: collections.deque[tuple[float, int]] = collections.deque()
+        self.apply_rate = 0.0
+        """Events applied per second of applying (moving average), 0 until measured."""
         self.lag = 0
         """Stored events this replica knows are waiting to be applied (an estimate: other
         replicas' events are not counted until taken)."""
@@ -56,6 +69,7 @@ class Applier:
     def stored(self, new: int) -> None:
         """Ingest committed ``new`` events: apply them soon."""
         if new:
+            self._arrivals.append((time.monotonic(), new))
             self.lag += new
             if self.lag >= 2 * self._lag_limit:
                 self._caught_up.clear()
@@ -79,11 +93,22 @@ class Applier:
             except Exception:
                 log.exception("applying stored events failed; will retry when woken")
 
+    def arrival_rate(self) -> float:
+        """Events stored per second over the last ``RATE_WINDOW_S``."""
+        cutoff = time.monotonic() - RATE_WINDOW_S
+        while self._arrivals and self._arrivals[0][0] < cutoff:
+            self._arrivals.popleft()
+        return sum(n for _, n in self._arrivals) / RATE_WINDOW_S
+
+    def _overloaded(self) -> bool:
+        return self.apply_rate > 0 and self.arrival_rate() > OVERLOAD * self.apply_rate
+
     async def _drain(self) -> None:
         while True:
-            if self.lag < self._lag_limit:
-                await self._ingest_quiet()  # ingest first: acks free the kiosks
+            await self._wait_for_turn()
+            started = time.monotonic()
             taken = await self._apply_batch()
+            self._measure(taken, time.monotonic() - started)
             self.lag = max(0, self.lag - taken)
             if self.lag < self._lag_limit:
                 self._caught_up.set()
@@ -92,15 +117,22 @@ class Applier:
                 self._caught_up.set()
                 return
 
-    async def _ingest_quiet(self) -> None:
-        """Wait until the link has handled no batch for ``QUIET_S`` (or the lag grew past
-        the limit meanwhile)."""
+    async def _wait_for_turn(self) -> None:
+        """Ingest first (module docstring): wait for an idle link, and through a burst
+        this applier cannot keep up with, unless the lag is at its limit."""
         while self.lag < self._lag_limit:
-            await self._ingest_idle.wait()
-            before = self._ingest_batches()
-            await asyncio.sleep(QUIET_S)  # a debounce: traffic that pauses this long has a gap
-            if self._ingest_idle.is_set() and self._ingest_batches() == before:
+            if self._overloaded():
+                await asyncio.sleep(RECHECK_S)  # a rate over time: looked at again, no event
+            elif self._ingest_idle.is_set():
                 return
+            else:
+                await self._ingest_idle.wait()
+
+    def _measure(self, taken: int, seconds: float) -> None:
+        if taken < self._batch // 4 or seconds <= 0:
+            return  # too small a sample: the tail of a backlog
+        sample = taken / seconds
+        self.apply_rate = sample if not self.apply_rate else 0.7 * self.apply_rate + 0.3 * sample
 
     async def _apply_batch(self) -> int:
         for attempt in range(ATTEMPTS):

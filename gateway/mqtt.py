@@ -114,8 +114,6 @@ class GatewayLink:
         self.idle = asyncio.Event()
         """Set while no message waits in the buffer or in a batch being handled."""
         self.idle.set()
-        self.batches = 0
-        """Batches handed to ``on_batch`` so far."""
 
     # ---- set-up ---------------------------------------------------------------------------
 
@@ -382,7 +380,6 @@ class GatewayLink:
                 items = [self._inbox.popleft() for _ in range(n)]
                 self._resume_reading()
                 task = asyncio.create_task(self._process(client, items, self._generation))
-                self.batches += 1
                 running.add(task)
                 task.add_done_callback(finished)
         finally:

@@ -107,7 +107,6 @@ class Gateway:
             batch=cfg.apply_batch,
             lag_limit=cfg.apply_lag_limit,
             ingest_idle=self.link.idle,
-            ingest_batches=lambda: self.link.batches,
             on_work=self.wake,
         )
         self.applier.wake()  # what was stored but not applied before a restart

@@ -60,7 +60,6 @@ class Run:
             batch=100,
             lag_limit=lag_limit,
             ingest_idle=idle,
-            ingest_batches=lambda: 0,
             on_work=self.worked.set,
         )
         self.task: asyncio.Task[None] | None = None
