@@ -217,7 +217,7 @@ class Ingest:
                     (event_id,),
                 )
                 dead = [
-                    (topics.event(str(st), str(dv), str(ty)), str(raw).encode(),
+                    (_topic_of(str(st), str(dv), str(ty)), str(raw).encode(),
                      "handler_failed", repr(exc)[:500])
                     for st, dv, ty, raw in rows
                 ]  # fmt: skip
@@ -348,6 +348,13 @@ class Ingest:
         """Events stored but waiting for an earlier ``seq`` of their device."""
         row = await self._db.fetchone("SELECT count(*) FROM pending_events")
         return int(row[0]) if row else 0
+
+
+def _topic_of(store: str, device: str, event_type: str) -> str:
+    """The topic a stored event came in on."""
+    if event_type == "cmd_result":
+        return topics.command_result(store, device)
+    return topics.event(store, device, event_type)
 
 
 def _waves(devices: Iterable[list[Event]]) -> list[dict[str, list[Event]]]:
