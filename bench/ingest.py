@@ -230,7 +230,9 @@ async def gateway_case(
     stores = sorted({p.store for p in kiosk_plans})
     processes = [
         GatewayProcess(
-            gateway_config(database, broker.port, stores, shared=replicas > 1),
+            gateway_config(database, broker.port, stores, shared=replicas > 1).model_copy(
+                update=args.gateway_overrides
+            ),
             Path(args.workdir),
             f"{name}-{i + 1}",
         )
@@ -341,14 +343,20 @@ async def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="kiosk processes")
     parser.add_argument("--postgres", default="postgresql://postgres@127.0.0.1:5432/test")
     parser.add_argument("--skip-postgres", action="store_true")
+    parser.add_argument("--apply-max-lag-s", type=float, default=None,
+                        help="the gateway's apply_max_lag_s (default: its default)")  # fmt: skip
     args = parser.parse_args()
+    args.gateway_overrides = (
+        {} if args.apply_max_lag_s is None else {"apply_max_lag_s": args.apply_max_lag_s}
+    )
     with tempfile.TemporaryDirectory(prefix="dropline-ingest-") as workdir:
         args.workdir = workdir
         broker = MosquittoBroker(Path(workdir) / "mosquitto")
         await broker.start()
         try:
             out: dict[str, Any] = {"machine": describe(), "kiosks": args.kiosks,
-                                   "events": args.kiosks * args.events}  # fmt: skip
+                                   "events": args.kiosks * args.events,
+                                   **args.gateway_overrides}  # fmt: skip
             raw = await asyncio.to_thread(raw_case, broker, args)
             sqlite = await gateway_case(
                 "sqlite-1", str(Path(workdir) / "gateway.sqlite3"), 1, broker, args

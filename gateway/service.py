@@ -106,6 +106,7 @@ class Gateway:
             self.ingest,
             batch=cfg.apply_batch,
             lag_limit=cfg.apply_lag_limit,
+            max_lag_s=cfg.apply_max_lag_s,
             ingest_idle=self.link.idle,
             on_work=self.wake,
         )
@@ -386,6 +387,7 @@ class Gateway:
             "dead_letters_total": int(dead[0]) if dead else 0,
             "events_applied": stats.applied,
             "events_waiting_to_apply": self.applier.lag,
+            "apply_lag_s": round(self.applier.lag_age(), 3),
             "events_apply_failures": stats.apply_failures,
             "events_late": stats.late,
             "events_waiting_for_gap": await self.ingest.pending_count(),

@@ -59,6 +59,7 @@ class Run:
             ingest,
             batch=100,
             lag_limit=lag_limit,
+            max_lag_s=2.0,
             ingest_idle=idle,
             on_work=self.worked.set,
         )
