@@ -51,15 +51,16 @@ async def unsequenced(world: World) -> int:
 class Run:
     """An applier running in the background; ``worked`` is set whenever it made work."""
 
-    def __init__(self, ingest: Ingest, *, lag_limit: int = 1000) -> None:
+    def __init__(self, ingest: Ingest, *, lag_limit: int = 1000, link_busy: bool = False) -> None:
         self.worked = asyncio.Event()
         idle = asyncio.Event()
-        idle.set()  # no link: ingest is always idle
+        if not link_busy:
+            idle.set()  # no link: ingest is always idle
         self.applier = Applier(
             ingest,
             batch=100,
             lag_limit=lag_limit,
-            max_lag_s=2.0,
+            max_lag_s=0.2,
             ingest_idle=idle,
             on_work=self.worked.set,
         )
@@ -152,6 +153,22 @@ async def test_ingest_waits_while_the_applier_is_twice_its_lag_limit_behind(
     await until(lambda: run.applier.lag == 0, run.worked)
     await run.stop()
     assert [await world.state(r) for r in returns] == ["in_tote"] * 5
+
+
+async def test_a_link_that_is_never_idle_does_not_starve_the_applier(world: World) -> None:
+    """Ingest goes first, but an event waits at most ``max_lag_s`` for its turn."""
+    returns = [await world.create_return(n) for n in range(3)]
+    ingest = Ingest(world.db)
+    ingest.on("dropoff", DropoffDesk(ConsolidationRules()).apply)
+    run = Run(ingest, link_busy=True)
+    stored = await ingest.handle(
+        [dropoff_message(r, "kiosk-1", seq) for seq, r in enumerate(returns, start=1)]
+    )
+    run.applier.stored(stored.new)
+    run.start()
+    await asyncio.wait_for(run.worked.wait(), 30)
+    await run.stop()
+    assert [await world.state(r) for r in returns] == ["in_tote"] * 3
 
 
 async def until(condition: Callable[[], bool], signal: asyncio.Event) -> None:
