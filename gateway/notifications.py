@@ -103,54 +103,46 @@ def contacts(customer: Mapping[str, Any]) -> list[tuple[str, str]]:
 
 async def queue_many(tx: Transaction, messages: Sequence[CustomerMessage]) -> None:
     """Queue messages in ``tx``; a message already queued for the return is left alone."""
-    now = time.time()
-    rows = [
-        (
-            "ntf_" + new_id(),
-            m.return_id,
-            m.kind.value,
-            channel,
-            recipient,
-            json.dumps(dict(m.context), sort_keys=True),
-            NotificationStatus.PENDING.value,
-            now,
-            now,
-        )
-        for m in messages
-        for channel, recipient in contacts(m.customer)
-    ]
-    await tx.executemany(
-        "INSERT INTO notifications (id, return_id, kind, channel, recipient, context, status, "
-        "next_attempt_at, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
-        "ON CONFLICT (return_id, kind, channel) DO NOTHING",
-        rows,
+    await _queue(
+        tx,
+        ("return_id",),
+        "return_id",
+        [((m.return_id,), m.kind, m.customer, m.context) for m in messages],
     )
 
 
 async def queue_for_parcels(tx: Transaction, messages: Sequence[ParcelMessage]) -> None:
     """Queue pickup-parcel messages in ``tx``; one already queued for the same code issue,
     kind and channel is left alone."""
+    await _queue(
+        tx,
+        ("parcel_id", "code_issue"),
+        "code_issue",
+        [((m.parcel_id, m.code_issue), m.kind, m.customer, m.context) for m in messages],
+    )
+
+
+async def _queue(
+    tx: Transaction,
+    owner_columns: tuple[str, ...],
+    unique_by: str,
+    messages: Sequence[tuple[tuple[str, ...], MessageKind, Mapping[str, Any], Mapping[str, Any]]],
+) -> None:
+    """One row per message and contact channel, pending; the owner (return or parcel code
+    issue), kind and channel are unique."""
     now = time.time()
     rows = [
-        (
-            "ntf_" + new_id(),
-            m.parcel_id,
-            m.code_issue,
-            m.kind.value,
-            channel,
-            recipient,
-            json.dumps(dict(m.context), sort_keys=True),
-            NotificationStatus.PENDING.value,
-            now,
-            now,
-        )
-        for m in messages
-        for channel, recipient in contacts(m.customer)
-    ]
+        ("ntf_" + new_id(), *owner, kind.value, channel, recipient,
+         json.dumps(dict(context), sort_keys=True), NotificationStatus.PENDING.value, now, now)
+        for owner, kind, customer, context in messages
+        for channel, recipient in contacts(customer)
+    ]  # fmt: skip
+    columns = ", ".join(owner_columns)
+    values = ", ".join("?" * (len(owner_columns) + 8))
     await tx.executemany(
-        "INSERT INTO notifications (id, parcel_id, code_issue, kind, channel, recipient, "
-        "context, status, next_attempt_at, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-        "ON CONFLICT (code_issue, kind, channel) DO NOTHING",
+        f"INSERT INTO notifications (id, {columns}, kind, channel, recipient, context, status, "
+        f"next_attempt_at, created_at) VALUES ({values}) "
+        f"ON CONFLICT ({unique_by}, kind, channel) DO NOTHING",
         rows,
     )
 
