@@ -145,8 +145,9 @@ class Ingest:
         return out
 
     async def quarantine(self, topic: str, payload: bytes, error: Exception) -> None:
-        """Set aside a message that keeps failing after it was decoded (a handler's bug or
-        data it cannot take): dead-lettered with the error, so the stream goes on."""
+        """Set aside a message whose batch keeps failing to store although it decoded (data
+        the database refuses): dead-lettered with the error, so the stream goes on. Events
+        that fail when applied are set aside by :meth:`apply_alone`."""
         async with self._db.transaction() as tx:
             await self._dead_letter(tx, [(topic, payload, "handler_failed", repr(error)[:500])])
 

@@ -4,7 +4,7 @@ when the applier is too far behind. Real databases (both backends), the real ing
 drop-off desk."""
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import pytest
@@ -173,12 +173,10 @@ async def test_a_link_that_is_never_idle_does_not_starve_the_applier(world: Worl
 
 async def until(condition: Callable[[], bool], signal: asyncio.Event) -> None:
     """Wait for ``condition``, re-checked whenever the applier signals work."""
-    await asyncio.wait_for(_until(condition, signal.wait, signal.clear), 30)
 
+    async def waiting() -> None:
+        while not condition():
+            await signal.wait()
+            signal.clear()
 
-async def _until(
-    condition: Callable[[], bool], wait: Callable[[], Awaitable[Any]], clear: Callable[[], None]
-) -> None:
-    while not condition():
-        await wait()
-        clear()
+    await asyncio.wait_for(waiting(), 30)
