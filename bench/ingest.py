@@ -51,7 +51,7 @@ from gateway.config import (
     StoreSettings,
     StripeSettings,
 )
-from gateway.database import open_database
+from gateway.database import Database, open_database
 from gateway.mqtt import GatewayLink
 from protocol.ids import uuid7
 from simulator.kiosk_load import KioskPlan, KioskResult, run_kiosks
@@ -108,9 +108,8 @@ def plans(kiosks: int, events: int) -> list[KioskPlan]:
     ]
 
 
-async def seed(database: str, kiosk_plans: list[KioskPlan]) -> None:
+async def seed(db: Database, kiosk_plans: list[KioskPlan]) -> None:
     """Insert every planned return as ``authorized`` (what ``POST /v1/returns`` leaves)."""
-    db = await open_database(database)
     now = time.time()
     rows = [
         (rid, p.merchant, f"o-{rid}", "[]", 1, "bench", 1000, "CNY", "locker", "M",
@@ -118,40 +117,29 @@ async def seed(database: str, kiosk_plans: list[KioskPlan]) -> None:
          now + 86_400, now, now)
         for n, (p, rid) in enumerate((p, r) for p in kiosk_plans for r in p.return_ids)
     ]  # fmt: skip
-    try:
-        for start in range(0, len(rows), 5000):
-            async with db.transaction() as tx:
-                await tx.executemany(
-                    "INSERT INTO returns (id, merchant, order_id, items, item_count, reason, "
-                    "amount_minor, currency, method, size, stores, customer, state, short_code, "
-                    "voucher, expires_at, created_at, updated_at) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    rows[start : start + 5000],
-                )
-    finally:
-        await db.close()
+    for start in range(0, len(rows), 5000):
+        async with db.transaction() as tx:
+            await tx.executemany(
+                "INSERT INTO returns (id, merchant, order_id, items, item_count, reason, "
+                "amount_minor, currency, method, size, stores, customer, state, short_code, "
+                "voucher, expires_at, created_at, updated_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                rows[start : start + 5000],
+            )
 
 
-async def all_applied(database: str) -> float:
+async def all_applied(db: Database) -> float:
     """When no stored event is left to apply (the gateway applies behind its acks)."""
-    db = await open_database(database)
-    try:
-        while True:
-            row = await db.fetchone("SELECT count(*) FROM events WHERE sequenced = 0")
-            if row is not None and int(row[0]) == 0:
-                return time.perf_counter()
-            await asyncio.sleep(0.05)  # another process's progress: polled, no event to await
-    finally:
-        await db.close()
+    while True:
+        row = await db.fetchone("SELECT count(*) FROM events WHERE sequenced = 0")
+        if row is not None and int(row[0]) == 0:
+            return time.perf_counter()
+        await asyncio.sleep(0.05)  # another process's progress: polled, no event to await
 
 
-async def stored_events(database: str) -> int:
-    db = await open_database(database)
-    try:
-        row = await db.fetchone("SELECT count(*) FROM events WHERE type = 'dropoff'")
-        return int(row[0]) if row else 0
-    finally:
-        await db.close()
+async def stored_events(db: Database) -> int:
+    row = await db.fetchone("SELECT count(*) FROM events WHERE type = 'dropoff'")
+    return int(row[0]) if row else 0
 
 
 async def received_by(process: GatewayProcess) -> int:
@@ -240,21 +228,26 @@ async def gateway_case(
     ]
     for process in processes:  # one after another: the first migrates the database
         await process.start()
+    # Opened (its migration a no-op) before the load: opening it later would wait for
+    # SQLite's write lock against a gateway applying flat out.
+    db = await open_database(database)
     try:
-        await seed(database, kiosk_plans)
+        await seed(db, kiosk_plans)
         cpu_before = [cpu_seconds(p.pid) for p in processes]
         results = await asyncio.to_thread(load, broker.port, kiosk_plans, args, gateway=True)
         cpu = sum(cpu_seconds(p.pid) for p in processes) - sum(cpu_before)
-        applied_at = await all_applied(database)
+        applied_at = await all_applied(db)
         shares = [await received_by(p) for p in processes]
+        stored = await stored_events(db)
     finally:
         for process in processes:
             await process.stop()
+        await db.close()
     result = summarize(results)
     first = min(r.first_publish for r in results)
     result["applied_per_s"] = round(result["acked"] / (applied_at - first))
     result["gateway_cpu_us_per_event"] = round(cpu / max(1, result["acked"]) * 1e6, 1)
-    result["stored"] = await stored_events(database)
+    result["stored"] = stored
     result["received_by_replica"] = shares
     print(f"{name}: {result}", flush=True)
     return result

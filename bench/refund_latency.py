@@ -29,6 +29,7 @@ from bench.machine import describe
 from dropline.broker import MosquittoBroker
 from dropline.gateway_process import GatewayProcess
 from gateway.config import MerchantSettings, RefundPolicy, StripeSettings
+from gateway.database import open_database
 from protocol import envelope, topics
 from protocol.ids import uuid7
 from protocol.messages import Dropoff, DropoffMethod
@@ -93,7 +94,11 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     gateway = GatewayProcess(config, workdir, "gateway")
     await gateway.start()
     try:
-        await ingest.seed(database, [*background, probes])
+        db = await open_database(database)
+        try:
+            await ingest.seed(db, [*background, probes])
+        finally:
+            await db.close()
         load = asyncio.to_thread(
             ingest.load, broker.port, background, args, gateway=True, rate_per_kiosk=per_kiosk
         )
