@@ -88,8 +88,9 @@ class ApplyResult:
 
 @dataclass
 class _Decoded:
-    events: list[Event] = field(default_factory=list)
+    events: dict[str, Event] = field(default_factory=dict)  # by id: a duplicate counts once
     raw: dict[str, bytes] = field(default_factory=dict)  # event id → payload as received
+    received: int = 0  # events in the batch, duplicates included
     statuses: list[Event] = field(default_factory=list)
     dead: list[tuple[str, bytes, str, str]] = field(default_factory=list)
 
@@ -116,8 +117,8 @@ class Ingest:
             await _record_presence(tx, decoded.statuses)
             if decoded.events:
                 result.new = await self._store(tx, decoded)
-        for event in decoded.events:
-            result.acks[(event.store, event.device)].append(str(event.id))
+        for event_id, event in decoded.events.items():
+            result.acks[(event.store, event.device)].append(event_id)
         return result
 
     # ---- 1. decode ----------------------------------------------------------------------
@@ -136,8 +137,10 @@ class Ingest:
                 out.dead.append((topic, payload, exc.reason, exc.detail))
                 continue
             if message.type in ACKED_TYPES:
-                out.events.append(message)
-                out.raw[str(message.id)] = payload
+                event_id = str(message.id)
+                out.events[event_id] = message
+                out.raw[event_id] = payload
+                out.received += 1
             elif isinstance(message.body, Status):
                 out.statuses.append(message)
             else:
@@ -168,13 +171,11 @@ class Ingest:
 
     async def _store(self, tx: Transaction, decoded: _Decoded) -> int:
         """Insert the events (as received), to be applied; returns how many were new."""
-        events = decoded.events
-        unique = {str(e.id): e for e in events}
         now = time.time()
         rows = [
             (eid, e.store, e.device, e.seq, e.session, e.type, int(e.historical),
              decoded.raw[eid].decode(), e.ts, now)
-            for eid, e in unique.items()
+            for eid, e in decoded.events.items()
         ]  # fmt: skip
         inserted = await tx.fetchall(
             "INSERT INTO events (id, store, device, seq, session, type, historical, envelope, "
@@ -184,7 +185,7 @@ class Ingest:
             [value for row in rows for value in row],
         )
         self.stats.stored += len(inserted)
-        self.stats.duplicates += len(events) - len(inserted)
+        self.stats.duplicates += decoded.received - len(inserted)
         return len(inserted)
 
     # ---- 4. claim stored events -----------------------------------------------------------

@@ -106,3 +106,41 @@ async def test_a_message_that_keeps_failing_is_set_aside_and_the_rest_go_on(
             await running
     assert sorted(handled) == sorted(p for p in payloads if p != b"event-7")
     assert poisoned == [("dropline/v1/store-1/k1/evt/dropoff", b"event-7", "cannot take event-7")]
+
+
+async def test_a_flood_read_in_large_chunks_arrives_whole_through_a_small_buffer(
+    broker: MosquittoBroker,
+) -> None:
+    """Messages queued while the gateway was away arrive as one flood, and the link reads
+    its socket in large chunks: what a chunk holds beyond a full buffer is handled once
+    there is room, although the socket has nothing new to report by then."""
+    settings = BrokerSettings(host=broker.host, port=broker.port, inbox_limit=5)
+    sent = [f"event-{i}".encode() for i in range(3000)]
+    handled: list[bytes] = []
+    everything = asyncio.Event()
+
+    async def on_batch(batch: list[tuple[str, bytes]]) -> None:
+        await asyncio.sleep(0)  # a handler that yields, so the buffer fills meanwhile
+        handled.extend(payload for _, payload in batch)
+        if len(handled) >= len(sent):
+            everything.set()
+
+    def link() -> GatewayLink:
+        return GatewayLink(settings, client_id="gateway-flood", on_batch=on_batch,
+                           on_connect=_nothing, on_poison=_no_poison, batch_max=3)  # fmt: skip
+
+    first = asyncio.create_task((subscriber := link()).run())
+    await subscriber.consuming.wait()  # the persistent session now holds the subscription
+    first.cancel()
+    await asyncio.wait([first])
+    async with aiomqtt.Client(broker.host, broker.port, identifier="kiosk") as kiosk:
+        for payload in sent:
+            await kiosk.publish("dropline/v1/store-1/k1/evt/dropoff", payload, qos=1)
+    second = asyncio.create_task(link().run())
+    try:
+        async with asyncio.timeout(30):
+            await everything.wait()
+    finally:
+        second.cancel()
+        await asyncio.wait([second])
+    assert handled == sent
