@@ -18,7 +18,7 @@ Ingest goes first, in two ways:
   burst to pass and lets kiosks' outboxes drain at ingest speed.
 
 Either way it defers only while the oldest waiting event has waited less than
-``max_lag_s`` (2 s by default) and fewer than ``lag_limit`` events wait: a sustained load
+``max_lag_s`` (10 s by default) and fewer than ``lag_limit`` events wait: a sustained load
 near capacity gets its refunds seconds late, not after the load ends. Past twice
 ``lag_limit``, ingest waits for it (:meth:`Applier.room`), so the backlog stays bounded.
 """

@@ -323,7 +323,7 @@ class GatewayConfig(_Model):
     ingest_batch: int = Field(default=500, ge=1, le=2000)
     apply_batch: int = Field(default=500, ge=1, le=5000)
     """Stored events applied per transaction by the applier (ADR 0018)."""
-    apply_max_lag_s: float = Field(default=2.0, gt=0)
+    apply_max_lag_s: float = Field(default=10.0, gt=0)
     """How long the applier may leave an event waiting while it lets ingest go first."""
     apply_lag_limit: int = Field(default=100_000, ge=1)
     """Stored events waiting to be applied beyond which the applier stops deferring to

@@ -3,6 +3,7 @@ simulated camera, locker mechanics on gpiozero's MockFactory, a shopper who clos
 and PNG printers. Used by the demo, the tests, the benchmarks and the kill -9 harness."""
 
 import asyncio
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +16,9 @@ from hardware.locker import CompartmentSpec, LockerSpec
 from simulator.camera import SimulatedCamera
 from simulator.locker import Shopper, SimulatedLockerMechanics, make_mock_factory
 from simulator.printer import PngPrinter
+
+HOLD_FRAMES = 6
+"""Frames a code is shown for at a time while the kiosk has not read it."""
 
 
 @dataclass
@@ -49,22 +53,38 @@ class SimulatedKiosk:
         await self.agent.stop()
 
     async def present(self, code: str, timeout_s: float = 30.0) -> KioskSession:
-        """Hold ``code`` in front of the camera; return the kiosk session it produced."""
+        """Hold ``code`` in front of the camera until the kiosk reads it (as a shopper holds
+        a phone there until the screen reacts, however slowly it decodes); return the
+        kiosk session it produced, once finished."""
         loop = asyncio.get_running_loop()
+        read = asyncio.Event()
         done: asyncio.Future[KioskSession] = loop.create_future()
 
         def listener(session: KioskSession) -> None:
-            if session.code == code and session.finished and not done.done():
+            if session.code != code:
+                return
+            read.set()
+            if session.finished and not done.done():
                 done.set_result(session)
 
         self.agent.session_listeners.append(listener)
+        self.camera.blank(frames=5)  # the previous shopper's phone is gone
+        holding = asyncio.create_task(self._hold(code, read))
         try:
-            self.camera.blank(frames=5)  # the previous shopper's phone is gone
-            self.camera.show(code, frames=6)
             async with asyncio.timeout(timeout_s):
                 return await done
         finally:
+            holding.cancel()
             self.agent.session_listeners.remove(listener)
+
+    async def _hold(self, code: str, read: asyncio.Event) -> None:
+        """Keep ``code`` in view, a few frames at a time, until ``read``."""
+        frames = HOLD_FRAMES
+        while not read.is_set():
+            self.camera.show(code, frames=frames)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(frames / self.camera.fps):
+                    await read.wait()
 
 
 def build_kiosk(
