@@ -84,10 +84,8 @@ static void read_plan(void)
 	for (int i = 0; i < n_kiosks; i++) {
 		struct kiosk *k = &kiosks[i];
 		line = read_line();
-		k->id = malloc(strlen(line) + 1);
-		k->topic = malloc(strlen(line) + 1);
-		k->ack_topic = malloc(strlen(line) + 1);
-		if (sscanf(line, "kiosk %s %s %s %d", k->id, k->topic, k->ack_topic, &k->count) != 4)
+		if (sscanf(line, "kiosk %ms %ms %ms %d", &k->id, &k->topic, &k->ack_topic, &k->count) !=
+		    4)
 			die("reading the plan", NULL, line);
 		free(line);
 		k->event_ids = calloc((size_t)k->count, sizeof(char *));
@@ -214,14 +212,18 @@ static void connect_all(const char *host, int port)
 		k->mosq = mosquitto_new(k->id, true, k);
 		if (!k->mosq)
 			die("mosquitto_new", k, strerror(errno));
-		mosquitto_int_option(k->mosq, MOSQ_OPT_SEND_MAXIMUM, window);
+		/* In libmosquitto 2.0 this is the in-flight limit for MQTT 3.1.1 too (what the
+		 * deprecated mosquitto_max_inflight_messages_set sets). */
+		int rc = mosquitto_int_option(k->mosq, MOSQ_OPT_SEND_MAXIMUM, window);
+		if (rc != MOSQ_ERR_SUCCESS)
+			die("in-flight limit", k, mosquitto_strerror(rc));
 		mosquitto_connect_callback_set(k->mosq, on_connect);
 		mosquitto_subscribe_callback_set(k->mosq, on_subscribe);
 		if (gateway_mode)
 			mosquitto_message_callback_set(k->mosq, on_message);
 		else
 			mosquitto_publish_callback_set(k->mosq, on_publish);
-		int rc = mosquitto_connect(k->mosq, host, port, 60);
+		rc = mosquitto_connect(k->mosq, host, port, 60);
 		if (rc != MOSQ_ERR_SUCCESS)
 			die("connect", k, rc == MOSQ_ERR_ERRNO ? strerror(errno) : mosquitto_strerror(rc));
 	}
