@@ -4,8 +4,11 @@ set -euo pipefail
 need=()
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
 ldconfig -p 2>/dev/null | grep -q 'libzbar\.so\.0' || need+=(libzbar0)
-# Mosquitto's C client library: the ingest benchmarks' load kiosks (simulator/mosquitto_client.py).
-ldconfig -p 2>/dev/null | grep -q 'libmosquitto\.so\.1' || need+=(libmosquitto1)
+# The ingest benchmarks' load kiosks (simulator/load_kiosks.c), compiled on first use: a C
+# compiler and Mosquitto's C client library with its header.
+command -v cc >/dev/null 2>&1 || need+=(gcc)
+[ -f /usr/include/stdio.h ] || need+=(libc6-dev)
+[ -f /usr/include/mosquitto.h ] || need+=(libmosquitto-dev)
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need+=(python3-venv)
 # The gateway's tests run on PostgreSQL too: the machine's server, or a private cluster.
 command -v initdb >/dev/null 2>&1 || compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null \

@@ -1,25 +1,35 @@
 """Many kiosks' drop-off traffic without the kiosks: each simulated kiosk is its own MQTT
-connection (libmosquitto, QoS 1: see ``simulator/mosquitto_client.py`` for why not paho) that
-publishes prepared drop-off events in ``seq`` order, keeps at most ``window`` of them
-unacknowledged by the gateway (as a kiosk's outbox does) and records, for each, the time from
-publish to the gateway's ack.
+connection (QoS 1) that publishes prepared drop-off events in ``seq`` order, keeps at most
+``window`` of them unacknowledged by the gateway (as a kiosk's outbox does) and records, for
+each, the time from publish to the gateway's ack.
 
-The benchmarks run several of these in worker processes; everything here is synchronous (one
-publishing thread drives all of a worker's kiosks; each connection's network thread is
-libmosquitto's), so a worker needs no event loop.
+The connections live in a small C program, ``simulator/load_kiosks.c`` (libmosquitto, one
+thread polling every connection; ADR 0019), so that the load costs a few microseconds of CPU
+per event instead of stealing the cores from the gateway it loads. Python prepares the
+events, streams them to the program and reads back what each kiosk saw; the program is
+compiled on first use into a cache (it needs a C compiler and Debian's ``libmosquitto-dev``).
+The benchmarks run one program per worker process, each started by :func:`run_kiosks`.
 """
 
-import json
-import threading
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
 
 from protocol import envelope, topics
 from protocol.messages import Dropoff, DropoffMethod
-from simulator.mosquitto_client import MosquittoClient
 
-CONNECT_TIMEOUT_S = 30.0
+SOURCE = Path(__file__).with_name("load_kiosks.c")
+
+
+class LoadKioskError(RuntimeError):
+    """The load kiosks' program could not be built, or failed (its stderr says why)."""
 
 
 @dataclass(frozen=True)
@@ -35,7 +45,8 @@ class KioskPlan:
 
 @dataclass
 class KioskResult:
-    """What one kiosk saw."""
+    """What one kiosk saw. Without a gateway, ``acked`` counts the broker's PUBACKs and
+    there are no latencies."""
 
     published: int = 0
     acked: int = 0
@@ -66,98 +77,44 @@ def prepare(plan: KioskPlan) -> list[tuple[str, str, bytes]]:
     return prepared
 
 
-class LoadKiosk:
-    """One kiosk connection (libmosquitto) and its prepared drop-offs. The driver of
-    :func:`run_kiosks` publishes for it; the acks come back on the client's own thread."""
+def program() -> Path:
+    """The compiled load kiosks, built on first use into a cache named after the source's
+    hash (built under a temporary name and renamed, so concurrent workers do not race)."""
+    source = SOURCE.read_bytes()
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "dropline"
+    target = cache / f"load_kiosks-{hashlib.sha256(source).hexdigest()[:12]}"
+    if target.exists():
+        return target
+    compiler = shutil.which("cc")
+    if compiler is None:
+        raise LoadKioskError("no C compiler for the load kiosks (Debian: apt-get install gcc)")
+    cache.mkdir(parents=True, exist_ok=True)
+    fd, temporary = tempfile.mkstemp(prefix=target.name, dir=cache)
+    os.close(fd)
+    command = [compiler, "-O2", "-Wall", "-Wextra", "-o", temporary, str(SOURCE), "-lmosquitto"]
+    built = subprocess.run(command, capture_output=True, text=True, check=False)
+    if built.returncode != 0:
+        os.unlink(temporary)
+        hint = " (Debian: apt-get install libmosquitto-dev)" if "mosquitto" in built.stderr else ""
+        raise LoadKioskError(f"building {SOURCE.name} failed{hint}:\n{built.stderr}")
+    os.replace(temporary, target)
+    return target
 
-    def __init__(
-        self,
-        host: str,
-        port: int,
-        plan: KioskPlan,
-        window: int,
-        lock: threading.Condition,
-        *,
-        gateway: bool = True,
-    ) -> None:
-        """With ``gateway`` false there is no application ack: everything is published at
-        once and libmosquitto keeps ``window`` QoS 1 messages in flight to the broker (the
-        raw broker rate, for comparison, measured at the receiving end)."""
-        self.plan = plan
-        self.result = KioskResult()
-        self.events = prepare(plan)
-        self.next = 0
-        self.in_flight = 0
-        self._gateway = gateway
-        self._window = window if gateway else len(self.events)
-        self._refill_at = max(1, window // 2)
-        self._sent_at: dict[str, float] = {}
-        self._lock = lock
-        self._client = MosquittoClient(
-            f"load-{plan.store}-{plan.device}",
-            max_inflight=window,
-            on_message=self._on_ack if gateway else None,
-        )
-        self._client.connect(host, port, keepalive=60)
-        if gateway:
-            self._client.subscribe(topics.ack(plan.store, plan.device), qos=1)
 
-    @property
-    def finished(self) -> bool:
-        """Every event published and (with a gateway) acked."""
-        if not self._gateway:
-            return self.next >= len(self.events)
-        return self.result.acked >= len(self.events)
-
-    def wait_ready(self) -> None:
-        """Block until connected and, with a gateway, subscribed to the acks."""
-        ready = self._client.subscribed if self._gateway else self._client.connected
-        if not ready.wait(CONNECT_TIMEOUT_S):
-            raise TimeoutError(f"kiosk {self.plan.store}/{self.plan.device} is not ready")
-
-    def take(self, limit: int) -> list[tuple[bytes, bytes]]:
-        """Reserve up to ``limit`` of the next events within the window (caller holds the
-        lock); returns ``(topic, payload)`` to publish."""
-        room = min(limit, self._window - self.in_flight, len(self.events) - self.next)
-        if room <= 0:
-            return []
-        now = time.perf_counter()
-        chosen = self.events[self.next : self.next + room]
-        if self.next == 0:
-            self.result.first_publish = now
-        self.next += room
-        self.in_flight += room
-        if self._gateway:
-            for event_id, _, _ in chosen:
-                self._sent_at[event_id] = now
-        return [(topic.encode(), payload) for _, topic, payload in chosen]
-
-    def send(self, messages: list[tuple[bytes, bytes]]) -> None:
-        """Publish reserved events (outside the lock: the client's thread takes it for acks)."""
-        for topic, payload in messages:
-            self._client.publish(topic, payload, qos=1)
-        self.result.published += len(messages)
-
-    def _on_ack(self, topic: str, payload: bytes) -> None:
-        now = time.perf_counter()
-        ids = json.loads(payload)["body"]["ids"]
-        latencies = self.result.latencies_s
-        with self._lock:
-            for event_id in ids:
-                sent = self._sent_at.pop(event_id, None)
-                if sent is not None:  # a second ack of a resent event counts once
-                    latencies.append(now - sent)
-                    self.in_flight -= 1
-                    self.result.acked += 1
-            self.result.last_ack = now
-            # Wake the publisher once half the window is free, not for every ack: each
-            # wake-up is a handover of the GIL between threads.
-            if self.in_flight <= self._refill_at or self.finished:
-                self._lock.notify_all()
-
-    def close(self) -> None:
-        """Disconnect."""
-        self._client.close()
+def _plan_text(plans: Sequence[KioskPlan]) -> bytes:
+    """The program's stdin before ``go``: every kiosk's header and prepared events."""
+    lines = [f"kiosks {len(plans)}\n".encode()]
+    for plan in plans:
+        events = prepare(plan)
+        client_id = f"load-{plan.store}-{plan.device}"
+        ack_topic = topics.ack(plan.store, plan.device)
+        topic = topics.event(plan.store, plan.device, "dropoff")
+        lines.append(f"kiosk {client_id} {topic} {ack_topic} {len(events)}\n".encode())
+        for event_id, _, payload in events:
+            if b"\n" in payload:  # compact JSON escapes newlines; the format relies on it
+                raise ValueError(f"payload of {event_id} has a newline")
+            lines.append(b"%s %s\n" % (event_id.encode(), payload))
+    return b"".join(lines)
 
 
 def run_kiosks(
@@ -171,48 +128,74 @@ def run_kiosks(
     ready: Callable[[], object] | None = None,
     hold: Callable[[], object] | None = None,
 ) -> list[KioskResult]:
-    """Run ``plans`` concurrently, one connection each, from one publishing thread; returns
+    """Run ``plans`` concurrently, one connection each, in one load-kiosk program; returns
     their results. Each kiosk keeps at most ``window`` events unacked; paced at
-    ``rate_per_kiosk`` events/s each, or as fast as acks allow. ``ready`` (if given) is
-    called once every kiosk is connected, to start together (a barrier's ``wait``);
-    ``hold`` before disconnecting (without a gateway, until the receiver has everything:
-    libmosquitto may still hold queued messages)."""
-    lock = threading.Condition()
-    kiosks = [LoadKiosk(host, port, plan, window, lock, gateway=gateway) for plan in plans]
-    for kiosk in kiosks:
-        kiosk.wait_ready()
-    if ready is not None:
-        ready()
-    try:
-        _drive(kiosks, lock, 1.0 / rate_per_kiosk if rate_per_kiosk else 0.0)
-        if hold is not None:
-            hold()
-    finally:
-        for kiosk in kiosks:
-            kiosk.close()
-    return [k.result for k in kiosks]
+    ``rate_per_kiosk`` events/s each, or as fast as acks allow. With ``gateway`` false there
+    is no application ack: everything is published at once and libmosquitto keeps ``window``
+    QoS 1 messages in flight to the broker (the raw broker rate, measured at the receiving
+    end). ``ready`` (if given) is called once every kiosk is connected, to start together (a
+    barrier's ``wait``); ``hold`` before disconnecting (without a gateway, until the receiver
+    has everything: libmosquitto may still hold queued messages)."""
+    plan_text = _plan_text(plans)
+    mode = "gateway" if gateway else "raw"
+    command = [str(program()), host, str(port), str(window), repr(rate_per_kiosk), mode]
+    with (
+        tempfile.TemporaryFile() as stderr,
+        subprocess.Popen(
+            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr
+        ) as process,
+    ):
+        assert process.stdin is not None and process.stdout is not None
+        try:
+            _send(process.stdin, plan_text)
+            _expect(process.stdout, b"ready")
+            if ready is not None:
+                ready()
+            _send(process.stdin, b"go\n")
+            _expect(process.stdout, b"done")
+            if hold is not None:
+                hold()
+            _send(process.stdin, b"stop\n")
+            process.stdin.close()
+            output = process.stdout.read()
+            if process.wait() != 0:
+                raise LoadKioskError(f"the load kiosks exited with {process.returncode}")
+        except (LoadKioskError, BrokenPipeError) as exc:
+            process.kill()
+            process.wait()
+            stderr.seek(0)
+            message = stderr.read().decode(errors="replace").strip()
+            raise LoadKioskError(message or str(exc)) from exc
+    return _results(output, len(plans))
 
 
-def _drive(kiosks: list[LoadKiosk], lock: threading.Condition, interval_s: float) -> None:
-    """Publish whatever the windows (and the pacing) allow, else wait for an ack or the next
-    paced event; gives up when no ack comes for ``CONNECT_TIMEOUT_S``."""
-    started = last_progress = time.perf_counter()
-    total = len(kiosks[0].events)
-    while True:
-        now = time.perf_counter()
-        due = int((now - started) / interval_s) + 1 if interval_s else total
-        with lock:
-            if all(k.finished for k in kiosks):
-                return
-            batches = [(k, k.take(due - k.next)) for k in kiosks]
-            if not any(messages for _, messages in batches):
-                acked = sum(k.result.acked for k in kiosks)
-                next_due = started + due * interval_s - now if interval_s else 0.5
-                lock.wait(max(next_due, 0.001))  # woken by an ack
-                if sum(k.result.acked for k in kiosks) != acked:
-                    last_progress = time.perf_counter()
-                elif time.perf_counter() - last_progress > CONNECT_TIMEOUT_S:
-                    return  # the caller sees acked < published
-                continue
-        for kiosk, messages in batches:
-            kiosk.send(messages)
+def _send(stdin: IO[bytes], data: bytes) -> None:
+    stdin.write(data)
+    stdin.flush()
+
+
+def _expect(stdout: IO[bytes], line: bytes) -> None:
+    got = stdout.readline()
+    if got.rstrip(b"\n") != line:
+        raise LoadKioskError(f"expected {line.decode()!r} from the load kiosks, got {got!r}")
+
+
+def _results(output: bytes, kiosks: int) -> list[KioskResult]:
+    """Parse the program's report: per kiosk a ``result`` line, then its latencies."""
+    lines = output.decode().splitlines()
+    results = []
+    for header, latencies in zip(lines[0::2], lines[1::2], strict=True):
+        tag, published, acked, first, last, count = header.split()
+        result = KioskResult(
+            published=int(published),
+            acked=int(acked),
+            latencies_s=[float(x) for x in latencies.split()],
+            first_publish=float(first),
+            last_ack=float(last),
+        )
+        if tag != "result" or len(result.latencies_s) != int(count):
+            raise LoadKioskError(f"unreadable report from the load kiosks: {header!r}")
+        results.append(result)
+    if len(results) != kiosks:
+        raise LoadKioskError(f"the load kiosks reported {len(results)} of {kiosks} kiosks")
+    return results
