@@ -22,6 +22,7 @@ import argparse
 import asyncio
 import json
 import multiprocessing
+import resource
 import secrets
 import statistics
 import sys
@@ -159,13 +160,15 @@ def _worker(
     gateway: bool,
     rate_per_kiosk: float,
     barrier: Barrier,
-    results: "multiprocessing.Queue[list[KioskResult]]",
+    results: "multiprocessing.Queue[tuple[list[KioskResult], float]]",
     received: "EventType | None" = None,
 ) -> None:
+    """One worker's kiosks; puts their results and the CPU seconds their program took."""
     hold = None if received is None else (lambda: received.wait(300))
-    results.put(run_kiosks("127.0.0.1", port, kiosk_plans, window=window, gateway=gateway,
-                           rate_per_kiosk=rate_per_kiosk, ready=barrier.wait,
-                           hold=hold))  # fmt: skip
+    seen = run_kiosks("127.0.0.1", port, kiosk_plans, window=window, gateway=gateway,
+                      rate_per_kiosk=rate_per_kiosk, ready=barrier.wait, hold=hold)  # fmt: skip
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)  # the kiosks' program, exited
+    results.put((seen, usage.ru_utime + usage.ru_stime))
 
 
 def load(
@@ -175,12 +178,13 @@ def load(
     *,
     gateway: bool,
     rate_per_kiosk: float = 0.0,
-) -> list[KioskResult]:
+) -> tuple[list[KioskResult], float]:
     """Run the kiosks in ``args.workers`` processes, all starting at one barrier; paced at
-    ``rate_per_kiosk`` events/s each, or as fast as acks allow."""
+    ``rate_per_kiosk`` events/s each, or as fast as acks allow. Returns what the kiosks saw
+    and the CPU seconds their programs took."""
     ctx = multiprocessing.get_context("fork")
     barrier = ctx.Barrier(args.workers)
-    queue: multiprocessing.Queue[list[KioskResult]] = ctx.Queue()
+    queue: multiprocessing.Queue[tuple[list[KioskResult], float]] = ctx.Queue()
     shares = [kiosk_plans[w :: args.workers] for w in range(args.workers)]
     workers = [
         ctx.Process(
@@ -191,10 +195,10 @@ def load(
     ]
     for w in workers:
         w.start()
-    results = [r for _ in workers for r in queue.get()]
+    done = [queue.get() for _ in workers]
     for w in workers:
         w.join()
-    return results
+    return [r for seen, _ in done for r in seen], sum(cpu for _, cpu in done)
 
 
 def summarize(results: list[KioskResult]) -> dict[str, float]:
@@ -233,9 +237,12 @@ async def gateway_case(
     db = await open_database(database)
     try:
         await seed(db, kiosk_plans)
-        cpu_before = [cpu_seconds(p.pid) for p in processes]
-        results = await asyncio.to_thread(load, broker.port, kiosk_plans, args, gateway=True)
-        cpu = sum(cpu_seconds(p.pid) for p in processes) - sum(cpu_before)
+        pids = [p.pid for p in processes]
+        before = _cpu(pids, broker)
+        results, kiosks_cpu = await asyncio.to_thread(
+            load, broker.port, kiosk_plans, args, gateway=True
+        )
+        gateway_cpu, broker_cpu = (a - b for a, b in zip(_cpu(pids, broker), before, strict=True))
         applied_at = await all_applied(db)
         shares = [await received_by(p) for p in processes]
         stored = await stored_events(db)
@@ -246,11 +253,18 @@ async def gateway_case(
     result = summarize(results)
     first = min(r.first_publish for r in results)
     result["applied_per_s"] = round(result["acked"] / (applied_at - first))
-    result["gateway_cpu_us_per_event"] = round(cpu / max(1, result["acked"]) * 1e6, 1)
+    for part, cpu in (("gateway", gateway_cpu), ("broker", broker_cpu), ("kiosks", kiosks_cpu)):
+        result[f"{part}_cpu_us_per_event"] = round(cpu / max(1, result["acked"]) * 1e6, 1)
     result["stored"] = stored
     result["received_by_replica"] = shares
     print(f"{name}: {result}", flush=True)
     return result
+
+
+def _cpu(gateways: list[int], broker: MosquittoBroker) -> tuple[float, float]:
+    """CPU seconds so far of the gateway processes (together) and of the broker."""
+    assert broker.pid is not None
+    return sum(map(cpu_seconds, gateways)), cpu_seconds(broker.pid)
 
 
 def _count_events(
@@ -306,7 +320,7 @@ def raw_case(broker: MosquittoBroker, args: argparse.Namespace) -> dict[str, Any
     )
     counter.start()
     shares = [kiosk_plans[w :: args.workers] for w in range(args.workers)]
-    queue: multiprocessing.Queue[list[KioskResult]] = ctx.Queue()
+    queue: multiprocessing.Queue[tuple[list[KioskResult], float]] = ctx.Queue()
     workers = [
         ctx.Process(
             target=_worker,
@@ -316,7 +330,7 @@ def raw_case(broker: MosquittoBroker, args: argparse.Namespace) -> dict[str, Any
     ]
     for w in workers:
         w.start()
-    results = [r for _ in workers for r in queue.get()]
+    results = [r for _ in workers for r in queue.get()[0]]
     last_received = finished.get(timeout=600)  # raises if the counter died
     for w in [*workers, counter]:
         w.join()
@@ -378,7 +392,10 @@ def _keyed(case: str, result: dict[str, Any]) -> dict[str, Any]:
         f"{case}_p99_ms": result.get("p99_ms"),
         f"{case}_applied_per_s": result["applied_per_s"],
         f"{case}_lost": result["published"] - result["stored"],
-        f"{case}_gateway_cpu_us_per_event": result["gateway_cpu_us_per_event"],
+        **{
+            f"{case}_{part}_cpu_us_per_event": result[f"{part}_cpu_us_per_event"]
+            for part in ("gateway", "broker", "kiosks")
+        },
     }
 
 

@@ -102,7 +102,9 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         load = asyncio.to_thread(
             ingest.load, broker.port, background, args, gateway=True, rate_per_kiosk=per_kiosk
         )
-        results, closed = await asyncio.gather(load, probe(broker.port, probes, args.probe_rate))
+        (results, _), closed = await asyncio.gather(
+            load, probe(broker.port, probes, args.probe_rate)
+        )
         async with asyncio.timeout(60):  # only the probes' merchant refunds on drop-off
             await payments.wait_for_refunds(len(probes.return_ids))
     finally:

@@ -2,7 +2,7 @@
 
 from dataclasses import dataclass
 from enum import StrEnum
-from functools import lru_cache
+from functools import cached_property, lru_cache
 
 from protocol.errors import BadTopic
 from protocol.ids import is_valid_id
@@ -95,7 +95,7 @@ class ParsedTopic:
     channel: str
     leaf: str | None = None
 
-    @property
+    @cached_property  # parsed topics are cached and asked for every message
     def message_type(self) -> str | None:
         """The envelope ``type`` a message on this topic must have."""
         if self.channel in (Channel.EVT, Channel.CMD):
