@@ -19,12 +19,14 @@ import collections
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
@@ -97,6 +99,32 @@ class _BulkClient(paho.Client):
         self._chunk_pos = min(start + bufsize, len(self._chunk))
         return self._chunk[start : self._chunk_pos]
 
+    def _handle_publish(self) -> MQTTErrorCode:
+        """A QoS 1 MQTT v5 PUBLISH without properties (every kiosk event) taken apart here;
+        anything else by paho. paho builds and parses a ``Properties`` object for every v5
+        message, which took a third more CPU per event than MQTT 3.1.1 (shared
+        subscriptions, hence replicas, need v5)."""
+        header, packet = self._in_packet["command"], self._in_packet["packet"]
+        fast = self._protocol == paho.MQTTv5 and self._manual_ack and (header & 0x06) >> 1 == 1
+        if not fast or len(packet) < 2:
+            return super()._handle_publish()
+        topic_end = 2 + int.from_bytes(packet[:2], "big")
+        properties_at = topic_end + 2  # after the packet id
+        if len(packet) <= properties_at or packet[properties_at] != 0:
+            return super()._handle_publish()
+        message = paho.MQTTMessage(
+            mid=int.from_bytes(packet[topic_end:properties_at], "big"),
+            topic=bytes(packet[2:topic_end]),
+        )
+        message.dup = bool(header & 0x08)
+        message.qos = 1
+        message.retain = bool(header & 0x01)
+        message.properties = _NO_PROPERTIES
+        message.payload = packet[properties_at + 1 :]
+        message.timestamp = time.monotonic()
+        self._handle_on_message(message)
+        return MQTTErrorCode.MQTT_ERR_SUCCESS  # acked by the link (manual_ack) after commit
+
     def _packet_write(self) -> MQTTErrorCode:
         self._join_pubacks()
         return super()._packet_write()
@@ -119,6 +147,11 @@ class _BulkClient(paho.Client):
         joined.extend(_one_packet(run))
         queue.clear()
         queue.extend(joined)
+
+
+_NO_PROPERTIES = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+"""The empty property set of every v5 message taken apart by :class:`_BulkClient` (read
+only: nothing here looks at a message's properties)."""
 
 
 def _is_fresh_puback(packet: Any) -> bool:

@@ -4,6 +4,8 @@ import asyncio
 import contextlib
 
 import aiomqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from dropline.broker import MosquittoBroker
 from gateway.config import BrokerSettings
@@ -144,3 +146,42 @@ async def test_a_flood_read_in_large_chunks_arrives_whole_through_a_small_buffer
         second.cancel()
         await asyncio.wait([second])
     assert handled == sent
+
+
+async def test_v5_messages_with_and_without_properties_arrive_whole(
+    broker: MosquittoBroker,
+) -> None:
+    """Over MQTT v5 (replicas' shared subscriptions) the link takes QoS 1 messages without
+    properties apart itself and leaves the rest to paho: both kinds, and QoS 0, arrive with
+    their topic and payload, in order."""
+    settings = BrokerSettings(host=broker.host, port=broker.port, protocol="5")
+    received: list[tuple[str, bytes]] = []
+    everything = asyncio.Event()
+    sent: list[tuple[str, bytes]] = []
+
+    async def on_batch(batch: list[tuple[str, bytes]]) -> None:
+        received.extend(batch)
+        if len(received) >= len(sent):
+            everything.set()
+
+    link = GatewayLink(settings, client_id="gateway-v5", on_batch=on_batch,
+                       on_connect=_nothing, on_poison=_no_poison)  # fmt: skip
+    running = asyncio.create_task(link.run())
+    with_property = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+    with_property.UserProperty = [("origin", "test")]
+    try:
+        await link.consuming.wait()
+        async with aiomqtt.Client(broker.host, broker.port, identifier="kiosk-v5",
+                                  protocol=aiomqtt.ProtocolVersion.V5) as kiosk:  # fmt: skip
+            for i in range(30):
+                topic = f"dropline/v1/store-1/k{i % 3}/evt/dropoff"
+                payload = f"event-{i}-{'é' * i}".encode()
+                sent.append((topic, payload))
+                qos, properties = [(1, None), (1, with_property), (0, None)][i % 3]
+                await kiosk.publish(topic, payload, qos=qos, properties=properties)
+        async with asyncio.timeout(30):
+            await everything.wait()
+    finally:
+        running.cancel()
+        await asyncio.wait([running])
+    assert received == sent
