@@ -10,18 +10,33 @@ says how (:meth:`Transaction.for_update`); migrations use one token, ``AUTO_ID``
 default, ``postgresql://user@host:port/db[?schema=name]`` for production (ADR 0004).
 """
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from gateway.schema import MIGRATIONS
 
-__all__ = ["MIGRATIONS", "Database", "Dialect", "Params", "Row", "Transaction", "open_database"]
+__all__ = [
+    "MAX_PARAMS",
+    "MIGRATIONS",
+    "Database",
+    "Dialect",
+    "Params",
+    "Row",
+    "Transaction",
+    "insert_values",
+    "open_database",
+    "values_chunks",
+]
 
 Row = tuple[Any, ...]
 Params = Sequence[Any]
 Dialect = Literal["sqlite", "postgresql"]
+
+MAX_PARAMS = 32_766
+"""Parameters one statement may bind on both backends: SQLite's default limit (PostgreSQL
+allows 32,767)."""
 
 
 class Transaction(Protocol):
@@ -77,6 +92,41 @@ class Database(Protocol):
 def placeholders(n: int) -> str:
     """``?, ?, ...`` for an ``IN (...)`` list of ``n`` values."""
     return ", ".join("?" * n)
+
+
+def values_chunks(
+    rows: Sequence[Params], width: int, max_params: int = MAX_PARAMS
+) -> Iterator[Sequence[Params]]:
+    """``rows`` cut into runs that bind at most ``max_params`` parameters of ``width`` each
+    (one statement per run)."""
+    per = max(1, max_params // max(1, width))
+    for start in range(0, len(rows), per):
+        yield rows[start : start + per]
+
+
+async def insert_values(
+    tx: Transaction,
+    head: str,
+    rows: Sequence[Params],
+    tail: str = "",
+    *,
+    row: str | None = None,
+    max_params: int = MAX_PARAMS,
+) -> list[Row]:
+    """``head VALUES row, row, ... tail`` for every row at once: one statement per
+    ``max_params`` parameters rather than one per row (both drivers run ``executemany`` row
+    by row). ``row`` is each row's ``(?, ...)`` (default: one ``?`` per value); ``tail`` may
+    end in ``RETURNING``, whose rows are returned."""
+    if not rows:
+        return []
+    width = len(rows[0])
+    one = row or f"({placeholders(width)})"
+    suffix = f" {tail}" if tail else ""
+    found: list[Row] = []
+    for chunk in values_chunks(rows, width, max_params):
+        sql = f"{head} VALUES " + ", ".join([one] * len(chunk)) + suffix
+        found += await tx.fetchall(sql, [value for r in chunk for value in r])
+    return found
 
 
 async def open_database(url: str | Path) -> Database:

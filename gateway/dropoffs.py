@@ -16,7 +16,7 @@ from typing import Any
 from gateway import consolidation
 from gateway.config import ConsolidationRules
 from gateway.consolidation import Parcel
-from gateway.database import Transaction, placeholders
+from gateway.database import MAX_PARAMS, Transaction, placeholders, values_chunks
 from gateway.returns import (
     STATES,
     Cause,
@@ -104,22 +104,17 @@ class DropoffDesk:
             tote_of.update(placement.tote_of)
             for tote_id, reason in placement.closed:
                 log.info("tote %s of %s closed: %s", tote_id, store, reason)
-        now = time.time()
         updates = []
         transitions: list[Transition] = []
         for e in events:
             rid = e.body.return_id
             tote_id = tote_of[rid]
-            updates.append((ReturnState.IN_TOTE, e.store, e.device, tote_id, now, rid))
+            updates.append((rid, e.store, e.device, tote_id))
             transitions += (
                 Transition(rid, AUTHORIZED, DROPPED_OFF, Cause(CauseKind.EVENT, str(e.id))),
                 Transition(rid, DROPPED_OFF, IN_TOTE, Cause(CauseKind.CONSOLIDATION, tote_id)),
             )
-        await tx.executemany(
-            "UPDATE returns SET state = ?, store = ?, device = ?, tote_id = ?, updated_at = ? "
-            "WHERE id = ?",
-            updates,
-        )
+        await _into_totes(tx, updates, time.time())
         await record_transitions(tx, transitions)
         self.stats.accepted += len(events)
 
@@ -154,6 +149,27 @@ class DropoffDesk:
                 event.body.return_id,
                 time.time(),
             ),
+        )
+
+
+async def _into_totes(
+    tx: Transaction,
+    updates: list[tuple[str, str, str, str]],
+    now: float,
+    *,
+    max_params: int = MAX_PARAMS,
+) -> None:
+    """Set each return ``(id, store, device, tote id)`` ``in_tote``: one ``UPDATE ... FROM
+    (VALUES ...)`` per chunk (both dialects name the columns ``column1``...). A return
+    named twice takes its last values, as one update per row would leave it."""
+    last = list({u[0]: u for u in updates}.values())
+    for chunk in values_chunks(last, 4, max_params - 2):
+        await tx.execute(
+            "UPDATE returns SET state = ?, updated_at = ?, store = v.column2, "
+            "device = v.column3, tote_id = v.column4 FROM (VALUES "
+            + ", ".join(["(?, ?, ?, ?)"] * len(chunk))
+            + ") AS v WHERE returns.id = v.column1",
+            [ReturnState.IN_TOTE.value, now, *(value for u in chunk for value in u)],
         )
 
 

@@ -32,6 +32,7 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from itertools import islice
 from typing import Any
 
 from gateway.database import Database, Transaction, placeholders
@@ -48,6 +49,11 @@ EventHandler = Callable[[Transaction, Sequence[Event]], Awaitable[bool]]
 timers (a tote to book, a refund to send)."""
 
 ACKED_TYPES = EVENT_TYPES | {"cmd_result"}
+KEPT_DECODED = 10_000
+"""Events this process stored are kept decoded, up to this many (about two seconds of peak
+ingest), for when it applies them: decoding a stored event again costs more than applying
+much of it. An event not kept (stored by another replica, or evicted) is decoded from its
+stored envelope."""
 UNSEQUENCED = 0
 """The ``seq`` of a live request sent outside the outbox (``code_lookup``): applied at once,
 outside its device's order."""
@@ -98,9 +104,11 @@ class _Decoded:
 class Ingest:
     """Applies batches of raw MQTT messages to the database through registered handlers."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, *, kept_decoded: int = KEPT_DECODED) -> None:
         self._db = db
         self._handlers: dict[str, EventHandler] = {}
+        self._kept: dict[str, Event] = {}  # stored here, not yet claimed: by id, oldest first
+        self._kept_max = kept_decoded
         self.stats = IngestStats()
 
     def on(self, event_type: str, handler: EventHandler) -> None:
@@ -112,11 +120,14 @@ class Ingest:
         self.stats.received += len(batch)
         decoded = self._decode(batch)
         result = BatchResult()
+        new: list[str] = []
         async with self._db.transaction() as tx:
             await self._dead_letter(tx, decoded.dead)
             await _record_presence(tx, decoded.statuses)
             if decoded.events:
-                result.new = await self._store(tx, decoded)
+                new = await self._store(tx, decoded)
+        result.new = len(new)
+        self._keep(decoded.events[i] for i in new)  # committed: as stored
         for event_id, event in decoded.events.items():
             result.acks[(event.store, event.device)].append(event_id)
         return result
@@ -169,8 +180,8 @@ class Ingest:
 
     # ---- 2. store -----------------------------------------------------------------------
 
-    async def _store(self, tx: Transaction, decoded: _Decoded) -> int:
-        """Insert the events (as received), to be applied; returns how many were new."""
+    async def _store(self, tx: Transaction, decoded: _Decoded) -> list[str]:
+        """Insert the events (as received), to be applied; returns the ids of the new ones."""
         now = time.time()
         rows = [
             (eid, e.store, e.device, e.seq, e.session, e.type, int(e.historical),
@@ -186,7 +197,17 @@ class Ingest:
         )
         self.stats.stored += len(inserted)
         self.stats.duplicates += decoded.received - len(inserted)
-        return len(inserted)
+        return [str(r[0]) for r in inserted]
+
+    def _keep(self, events: Iterable[Event]) -> None:
+        """Keep newly stored events decoded for :meth:`_claim`, dropping the oldest kept
+        beyond the limit."""
+        for event in events:
+            self._kept[str(event.id)] = event
+        excess = len(self._kept) - self._kept_max
+        if excess > 0:
+            for event_id in list(islice(self._kept, excess)):
+                del self._kept[event_id]
 
     # ---- 4. claim stored events -----------------------------------------------------------
 
@@ -263,7 +284,11 @@ class Ingest:
             f"UPDATE events SET sequenced = 1 WHERE id IN ({placeholders(len(taken))})",
             [r[0] for r in taken],
         )
-        return [envelope.decode(raw, event_type) for _, event_type, raw in taken]
+        kept = self._kept
+        return [
+            kept.pop(event_id) if event_id in kept else envelope.decode(raw, event_type)
+            for event_id, event_type, raw in taken
+        ]
 
     # ---- 5. apply in seq order ----------------------------------------------------------
 

@@ -31,7 +31,7 @@ import segno
 
 from gateway.claims import JobTable, backoff_delay, claim_due
 from gateway.config import NotificationSettings
-from gateway.database import Database, Row, Transaction, placeholders
+from gateway.database import Database, Row, Transaction, insert_values, placeholders
 from gateway.notifiers.base import (
     Attachment,
     Message,
@@ -39,11 +39,13 @@ from gateway.notifiers.base import (
     Notifier,
     PermanentNotificationError,
 )
-from protocol.ids import new_id
+from protocol.ids import new_ids
 
 log = logging.getLogger(__name__)
 
 NOTIFICATIONS = JobTable("notifications")
+_encode_context = json.JSONEncoder(sort_keys=True).encode
+"""``json.dumps(context, sort_keys=True)`` with one encoder for all."""
 QR_CID = "voucher-qr@dropline"
 PICKUP_QR_CID = "pickup-qr@dropline"
 
@@ -131,19 +133,25 @@ async def _queue(
     """One row per message and contact channel, pending; the owner (return or parcel code
     issue), kind and channel are unique."""
     now = time.time()
-    rows = [
-        ("ntf_" + new_id(), *owner, kind.value, channel, recipient,
-         json.dumps(dict(context), sort_keys=True), NotificationStatus.PENDING.value, now, now)
-        for owner, kind, customer, context in messages
-        for channel, recipient in contacts(customer)
-    ]  # fmt: skip
+    pending = NotificationStatus.PENDING.value
+    rows = []
+    for owner, kind, customer, context in messages:
+        reach = contacts(customer)
+        if not reach:
+            continue
+        text = _encode_context(dict(context))  # once for all its channels
+        ids = new_ids(len(reach))
+        rows += [
+            ("ntf_" + i, *owner, kind.value, channel, recipient, text, pending, now, now)
+            for i, (channel, recipient) in zip(ids, reach, strict=True)
+        ]
     columns = ", ".join(owner_columns)
-    values = ", ".join("?" * (len(owner_columns) + 8))
-    await tx.executemany(
+    await insert_values(
+        tx,
         f"INSERT INTO notifications (id, {columns}, kind, channel, recipient, context, status, "
-        f"next_attempt_at, created_at) VALUES ({values}) "
-        f"ON CONFLICT ({unique_by}, kind, channel) DO NOTHING",
+        "next_attempt_at, created_at)",
         rows,
+        f"ON CONFLICT ({unique_by}, kind, channel) DO NOTHING",
     )
 
 

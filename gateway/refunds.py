@@ -25,10 +25,11 @@ import random
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from gateway.claims import JobTable, backoff_delay, claim_due
 from gateway.config import MerchantSettings, RefundPolicy
-from gateway.database import Database, Transaction, placeholders
+from gateway.database import Database, Transaction, insert_values, placeholders
 from gateway.payments.base import (
     PaymentDeclined,
     PaymentError,
@@ -89,7 +90,10 @@ async def configure(db: Database, merchants: Sequence[MerchantSettings]) -> None
 
 
 @dataclass(frozen=True)
-class _Terms:
+class Terms:
+    """How a return's refund is paid: its merchant's policy, provider and review threshold,
+    and the amount."""
+
     merchant: str
     policy: RefundPolicy
     provider: str
@@ -98,29 +102,39 @@ class _Terms:
     currency: str
 
 
-async def _terms_many(tx: Transaction, return_ids: Sequence[str]) -> dict[str, _Terms]:
+TERMS_COLUMNS = (
+    "r.merchant, m.refund_policy, s.provider, s.review_above_minor, r.amount_minor, r.currency"
+)
+"""What :func:`terms_from` reads, from ``returns r`` joined with :data:`TERMS_JOINS`."""
+TERMS_JOINS = (
+    "JOIN merchants m ON m.id = r.merchant LEFT JOIN refund_settings s ON s.merchant = r.merchant"
+)
+
+
+def terms_from(row: Sequence[Any]) -> Terms:
+    """A return's terms from the values of :data:`TERMS_COLUMNS`, in order."""
+    merchant, policy, provider, above, amount, currency = row
+    return Terms(
+        str(merchant),
+        RefundPolicy(policy),
+        str(provider or DEFAULT_PROVIDER),
+        None if above is None else int(above),
+        int(amount),
+        str(currency),
+    )
+
+
+async def _terms_many(tx: Transaction, return_ids: Sequence[str]) -> dict[str, Terms]:
     ids = sorted(set(return_ids))
     rows = await tx.fetchall(
-        "SELECT r.id, r.merchant, m.refund_policy, s.provider, s.review_above_minor, "
-        "r.amount_minor, r.currency FROM returns r JOIN merchants m ON m.id = r.merchant "
-        f"LEFT JOIN refund_settings s ON s.merchant = r.merchant "
+        f"SELECT r.id, {TERMS_COLUMNS} FROM returns r {TERMS_JOINS} "
         f"WHERE r.id IN ({placeholders(len(ids))})",
         ids,
     )
-    return {
-        str(rid): _Terms(
-            str(merchant),
-            RefundPolicy(policy),
-            str(provider or DEFAULT_PROVIDER),
-            None if above is None else int(above),
-            int(amount),
-            str(currency),
-        )
-        for rid, merchant, policy, provider, above, amount, currency in rows
-    }
+    return {str(r[0]): terms_from(r[1:]) for r in rows}
 
 
-async def _terms(tx: Transaction, return_id: str) -> _Terms:
+async def _terms(tx: Transaction, return_id: str) -> Terms:
     found = await _terms_many(tx, [return_id])
     if return_id not in found:
         raise KeyError(return_id)
@@ -138,7 +152,7 @@ async def policy_of(tx: Transaction, return_id: str) -> RefundPolicy:
 @dataclass(frozen=True)
 class _Ask:
     return_id: str
-    terms: _Terms
+    terms: Terms
     review_reason: str | None
     decided_by: str | None = None
 
@@ -174,7 +188,7 @@ async def request_many(
 
 
 async def _ask(
-    tx: Transaction, return_ids: Sequence[str], terms: dict[str, _Terms] | None = None
+    tx: Transaction, return_ids: Sequence[str], terms: Mapping[str, Terms] | None = None
 ) -> None:
     """Ask for refunds, each for review first when it needs a person: a few statements
     whatever the number."""
@@ -189,16 +203,17 @@ async def _ask(
 
 async def _insert_many(tx: Transaction, asks: Sequence[_Ask]) -> None:
     now = time.time()
-    await tx.executemany(
+    await insert_values(
+        tx,
         "INSERT INTO refunds (return_id, status, provider, amount_minor, currency, created_at, "
-        "updated_at, review_reason, decided_by, decided_at) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (return_id) DO NOTHING",
+        "updated_at, review_reason, decided_by, decided_at)",
         [
             (a.return_id, Status.REVIEW if a.review_reason else Status.PENDING,
              a.terms.provider, a.terms.amount_minor, a.terms.currency, now, now,
              a.review_reason, a.decided_by, now if a.decided_by else None)
             for a in asks
         ],
+        "ON CONFLICT (return_id) DO NOTHING",
     )  # fmt: skip
 
 
@@ -212,7 +227,7 @@ async def _first_flags(tx: Transaction, return_ids: Sequence[str]) -> dict[str, 
     return {str(rid): str(flag) for rid, flag in rows}  # the earliest flag wins
 
 
-def _review_reason(terms: _Terms, flag: str | None) -> str | None:
+def _review_reason(terms: Terms, flag: str | None) -> str | None:
     """Why a refund needs a person first, or None."""
     if terms.policy is RefundPolicy.MANUAL:
         return "manual_policy"
@@ -242,14 +257,22 @@ def _due(t: Transition, policy: RefundPolicy) -> bool:
     return t.to_state is ReturnState.RECEIVED
 
 
-async def apply_policy(tx: Transaction, transitions: Sequence[Transition]) -> None:
+async def apply_policy(
+    tx: Transaction, transitions: Sequence[Transition], known: Mapping[str, Terms] | None = None
+) -> None:
     """The refund side of transitions (called from the state-machine hook, in their
     transaction): ask for each refund the merchant's policy calls for now, and finish
-    returns that are received and already refunded."""
+    returns that are received and already refunded. ``known``: the returns' terms, when
+    the caller has read them in this transaction already."""
     relevant = [t for t in transitions if may_be_due(t)]
     if not relevant:
         return
-    terms = await _terms_many(tx, [t.return_id for t in relevant])
+    ids = [t.return_id for t in relevant]
+    terms: Mapping[str, Terms]
+    if known is not None and all(i in known for i in ids):
+        terms = known
+    else:
+        terms = await _terms_many(tx, ids)
     due = [t.return_id for t in relevant if _due(t, terms[t.return_id].policy)]
     await _ask(tx, due, terms)
     for t in relevant:

@@ -59,39 +59,49 @@ PICKUP_REFUND_NOTES = {RefundPolicy.ON_DROPOFF: "refunded when the courier colle
 @dataclass(frozen=True)
 class _Facts:
     return_id: str
-    merchant: str
     order_id: str
     state: str
     store: str | None
     device: str | None
     tote_id: str | None
-    amount_minor: int
-    currency: str
-    customer: dict[str, Any]
-    policy: RefundPolicy
+    customer_text: str
+    terms: refunds.Terms
+
+    @property
+    def merchant(self) -> str:
+        return self.terms.merchant
+
+    @property
+    def policy(self) -> RefundPolicy:
+        return self.terms.policy
+
+    @property
+    def amount_minor(self) -> int:
+        return self.terms.amount_minor
+
+    @property
+    def currency(self) -> str:
+        return self.terms.currency
+
+    @property
+    def customer(self) -> dict[str, Any]:
+        found: dict[str, Any] = json.loads(self.customer_text)
+        return found
 
 
 async def _facts(tx: Transaction, return_ids: Sequence[str]) -> dict[str, _Facts]:
+    """The returns named, with their refund terms (read once for webhooks, messages and the
+    refund policy alike)."""
     ids = sorted(set(return_ids))
     rows = await tx.fetchall(
-        "SELECT r.id, r.merchant, r.order_id, r.state, r.store, r.device, r.tote_id, "
-        "r.amount_minor, r.currency, r.customer, m.refund_policy FROM returns r "
-        f"JOIN merchants m ON m.id = r.merchant WHERE r.id IN ({placeholders(len(ids))})",
+        "SELECT r.id, r.order_id, r.state, r.store, r.device, r.tote_id, r.customer, "
+        f"{refunds.TERMS_COLUMNS} FROM returns r {refunds.TERMS_JOINS} "
+        f"WHERE r.id IN ({placeholders(len(ids))})",
         ids,
     )
     return {
         str(r[0]): _Facts(
-            str(r[0]),
-            str(r[1]),
-            str(r[2]),
-            str(r[3]),
-            r[4],
-            r[5],
-            r[6],
-            int(r[7]),
-            str(r[8]),
-            json.loads(r[9]),
-            RefundPolicy(r[10]),
+            str(r[0]), str(r[1]), str(r[2]), r[3], r[4], r[5], str(r[6]), refunds.terms_from(r[7:])
         )
         for r in rows
     }
@@ -143,7 +153,7 @@ async def on_transitions(tx: Transaction, transitions: Sequence[Transition]) -> 
             messages.append(CustomerMessage(t.return_id, kind, f.customer, context))
     await webhooks.emit_many(tx, events)
     await notifications.queue_many(tx, messages)
-    await refunds.apply_policy(tx, relevant)
+    await refunds.apply_policy(tx, relevant, {i: f.terms for i, f in facts.items()})
 
 
 async def refund_issued(tx: Transaction, return_id: str, refund_id: str, provider: str) -> None:

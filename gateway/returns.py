@@ -5,7 +5,7 @@ from collections.abc import Sequence
 from enum import StrEnum
 from typing import NamedTuple
 
-from gateway.database import Transaction
+from gateway.database import Transaction, insert_values
 
 
 class ReturnState(StrEnum):
@@ -100,9 +100,9 @@ async def record_transitions(tx: Transaction, transitions: Sequence[Transition])
     """Write the history lines of moves already applied to the ``returns`` rows, and queue
     what follows from them (webhooks, customer messages, refunds) in the same transaction."""
     now = time.time()
-    await tx.executemany(
-        "INSERT INTO return_history (return_id, from_state, to_state, cause_kind, cause_id, at) "
-        "VALUES (?, ?, ?, ?, ?, ?)",
+    await insert_values(
+        tx,
+        "INSERT INTO return_history (return_id, from_state, to_state, cause_kind, cause_id, at)",
         # States and cause kinds are StrEnums: both drivers bind them as text.
         [
             (t.return_id, t.from_state, t.to_state, t.cause.kind, t.cause.id, now)

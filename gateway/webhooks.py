@@ -26,12 +26,14 @@ import aiohttp
 from gateway import signatures
 from gateway.claims import JobTable, backoff_delay, claim_due
 from gateway.config import WebhookSettings
-from gateway.database import Database, Row, Transaction, placeholders
-from protocol.ids import new_id
+from gateway.database import Database, Row, Transaction, insert_values, placeholders
+from protocol.ids import new_id, new_ids
 
 log = logging.getLogger(__name__)
 
 DELIVERIES = JobTable("webhook_deliveries")
+_encode_body = json.JSONEncoder(separators=(",", ":"), sort_keys=True).encode
+"""``json.dumps(body, separators=(",", ":"), sort_keys=True)`` with one encoder for all."""
 MAX_REPLY_BYTES = 4096
 
 
@@ -112,38 +114,40 @@ async def emit_many(tx: Transaction, events: Sequence[OutgoingEvent]) -> list[st
         return []
     now = time.time()
     rows = []
-    for event in events:
-        event_id = "evt_" + new_id()
+    for event, fresh in zip(events, new_ids(len(events)), strict=True):
+        event_id = "evt_" + fresh
         body = {"id": event_id, "type": event.type.value, "created_at": now,
                 "merchant": event.merchant, "data": event.data}  # fmt: skip
-        text = json.dumps(body, separators=(",", ":"), sort_keys=True)
+        text = _encode_body(body)
         rows.append((event_id, event.merchant, event.type.value, event.dedupe_key, text, now))
-    await tx.executemany(
-        "INSERT INTO webhook_events (id, merchant, type, dedupe_key, body, created_at) "
-        "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (dedupe_key) DO NOTHING",
+    inserted = await insert_values(
+        tx,
+        "INSERT INTO webhook_events (id, merchant, type, dedupe_key, body, created_at)",
         rows,
+        "ON CONFLICT (dedupe_key) DO NOTHING RETURNING id",
     )
-    # Our ids are fresh: the ones in the table now are the events that were new.
-    ids = [r[0] for r in rows]
-    found = await tx.fetchall(
-        f"SELECT id FROM webhook_events WHERE id IN ({placeholders(len(ids))})", ids
-    )
-    new_ids = {str(r[0]) for r in found}
+    new = {str(r[0]) for r in inserted}
     endpoints = await _active_endpoints(tx, {e.merchant for e in events})
-    deliveries = [
-        ("dlv_" + new_id(), event_id, endpoint_id, event.merchant,
-         DeliveryStatus.PENDING.value, now, now)
+    wanted = [
+        (event_id, endpoint_id, event.merchant)
         for event, (event_id, *_) in zip(events, rows, strict=True)
-        if event_id in new_ids
+        if event_id in new
         for endpoint_id, subscribed in endpoints.get(event.merchant, [])
         if not subscribed or event.type.value in subscribed
-    ]  # fmt: skip
-    await tx.executemany(
+    ]
+    pending = DeliveryStatus.PENDING.value
+    await insert_values(
+        tx,
         "INSERT INTO webhook_deliveries (id, event_id, endpoint_id, merchant, status, "
-        "next_attempt_at, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-        deliveries,
+        "next_attempt_at, created_at)",
+        [
+            ("dlv_" + fresh, event_id, endpoint_id, merchant, pending, now, now)
+            for fresh, (event_id, endpoint_id, merchant) in zip(
+                new_ids(len(wanted)), wanted, strict=True
+            )
+        ],
     )
-    return [r[0] for r in rows if r[0] in new_ids]
+    return [r[0] for r in rows if r[0] in new]
 
 
 async def _active_endpoints(

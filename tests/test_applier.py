@@ -101,6 +101,25 @@ async def test_stored_events_are_applied_after_a_restart(world: World) -> None:
     assert restarted.stats.applied == 3
 
 
+async def test_events_kept_decoded_and_those_evicted_apply_alike(world: World) -> None:
+    """The replica that stored events keeps the newest decoded for applying them; older
+    ones (beyond the limit) are decoded from the events table, in the same seq order."""
+    returns = [await world.create_return(n) for n in range(5)]
+    ingest = Ingest(world.db, kept_decoded=2)
+    ingest.on("dropoff", DropoffDesk(ConsolidationRules()).apply)
+    messages = [dropoff_message(rid, "kiosk-1", seq) for seq, rid in enumerate(returns, 1)]
+    for message in messages:
+        assert (await ingest.handle([message])).new == 1
+    assert (await ingest.handle(messages[:1])).new == 0, "a resend is a duplicate"
+    assert (await ingest.apply_stored(100)).taken == 5
+    assert [await world.state(r) for r in returns] == ["in_tote"] * 5
+    assert ingest.stats.applied == 5 and ingest.stats.late == 0
+    history = await world.db.fetchall(
+        "SELECT return_id FROM return_history WHERE cause_kind = 'event' ORDER BY id"
+    )
+    assert [r[0] for r in history] == returns, "applied in seq order"
+
+
 async def test_an_event_that_cannot_be_applied_is_set_aside_and_the_rest_applied(
     world: World,
 ) -> None:
