@@ -2,8 +2,10 @@
 
 import asyncio
 import contextlib
+from typing import Literal
 
 import aiomqtt
+import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
@@ -148,13 +150,13 @@ async def test_a_flood_read_in_large_chunks_arrives_whole_through_a_small_buffer
     assert handled == sent
 
 
-async def test_v5_messages_with_and_without_properties_arrive_whole(
-    broker: MosquittoBroker,
+@pytest.mark.parametrize("protocol", ["3.1.1", "5"])
+async def test_messages_taken_apart_by_the_link_or_by_paho_arrive_whole(
+    broker: MosquittoBroker, protocol: Literal["3.1.1", "5"]
 ) -> None:
-    """Over MQTT v5 (replicas' shared subscriptions) the link takes QoS 1 messages without
-    properties apart itself and leaves the rest to paho: both kinds, and QoS 0, arrive with
-    their topic and payload, in order."""
-    settings = BrokerSettings(host=broker.host, port=broker.port, protocol="5")
+    """The link takes QoS 1 messages (over v5, those without properties) apart itself and
+    leaves the rest to paho: every kind arrives with its topic and payload, in order."""
+    settings = BrokerSettings(host=broker.host, port=broker.port, protocol=protocol)
     received: list[tuple[str, bytes]] = []
     everything = asyncio.Event()
     sent: list[tuple[str, bytes]] = []
@@ -164,20 +166,23 @@ async def test_v5_messages_with_and_without_properties_arrive_whole(
         if len(received) >= len(sent):
             everything.set()
 
-    link = GatewayLink(settings, client_id="gateway-v5", on_batch=on_batch,
+    link = GatewayLink(settings, client_id="gateway-parse", on_batch=on_batch,
                        on_connect=_nothing, on_poison=_no_poison)  # fmt: skip
     running = asyncio.create_task(link.run())
+    v5 = protocol == "5"
     with_property = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
     with_property.UserProperty = [("origin", "test")]
+    kinds = [(1, None), (0, None), *([(1, with_property)] if v5 else [])]
+    version = aiomqtt.ProtocolVersion.V5 if v5 else aiomqtt.ProtocolVersion.V311
     try:
         await link.consuming.wait()
-        async with aiomqtt.Client(broker.host, broker.port, identifier="kiosk-v5",
-                                  protocol=aiomqtt.ProtocolVersion.V5) as kiosk:  # fmt: skip
+        async with aiomqtt.Client(broker.host, broker.port, identifier="kiosk-parse",
+                                  protocol=version) as kiosk:  # fmt: skip
             for i in range(30):
                 topic = f"dropline/v1/store-1/k{i % 3}/evt/dropoff"
                 payload = f"event-{i}-{'é' * i}".encode()
                 sent.append((topic, payload))
-                qos, properties = [(1, None), (1, with_property), (0, None)][i % 3]
+                qos, properties = kinds[i % len(kinds)]
                 await kiosk.publish(topic, payload, qos=qos, properties=properties)
         async with asyncio.timeout(30):
             await everything.wait()
