@@ -37,7 +37,7 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.machine import cpu_seconds, describe
+from bench.machine import cpu_seconds, cpu_seconds_named, cpu_spent, describe
 from dropline.broker import MosquittoBroker, free_port
 from dropline.gateway_process import GatewayProcess
 from gateway.config import (
@@ -238,11 +238,12 @@ async def gateway_case(
     try:
         await seed(db, kiosk_plans)
         pids = [p.pid for p in processes]
-        before = _cpu(pids, broker)
+        before, server_before = _cpu(pids, broker), cpu_seconds_named("postgres")
         results, kiosks_cpu = await asyncio.to_thread(
             load, broker.port, kiosk_plans, args, gateway=True
         )
         gateway_cpu, broker_cpu = (a - b for a, b in zip(_cpu(pids, broker), before, strict=True))
+        server_cpu = cpu_spent(server_before, cpu_seconds_named("postgres"))
         applied_at = await all_applied(db)
         shares = [await received_by(p) for p in processes]
         stored = await stored_events(db)
@@ -253,7 +254,10 @@ async def gateway_case(
     result = summarize(results)
     first = min(r.first_publish for r in results)
     result["applied_per_s"] = round(result["acked"] / (applied_at - first))
-    for part, cpu in (("gateway", gateway_cpu), ("broker", broker_cpu), ("kiosks", kiosks_cpu)):
+    parts = {"gateway": gateway_cpu, "broker": broker_cpu, "kiosks": kiosks_cpu}
+    if database.startswith("postgres"):
+        parts["postgres"] = server_cpu  # the whole server: nothing else uses it meanwhile
+    for part, cpu in parts.items():
         result[f"{part}_cpu_us_per_event"] = round(cpu / max(1, result["acked"]) * 1e6, 1)
     result["stored"] = stored
     result["received_by_replica"] = shares
@@ -394,7 +398,8 @@ def _keyed(case: str, result: dict[str, Any]) -> dict[str, Any]:
         f"{case}_lost": result["published"] - result["stored"],
         **{
             f"{case}_{part}_cpu_us_per_event": result[f"{part}_cpu_us_per_event"]
-            for part in ("gateway", "broker", "kiosks")
+            for part in ("gateway", "broker", "kiosks", "postgres")
+            if f"{part}_cpu_us_per_event" in result
         },
     }
 
