@@ -643,7 +643,6 @@ async def run(options: Options) -> dict[str, Any]:
         "gateway_core": gateway_core,
         "seconds": round(time.time() - started, 1),
         "machine": describe(),
-        "note": "2-core machine shared with other work while measuring",
     }
 
 
