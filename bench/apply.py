@@ -29,6 +29,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench import ingest as ingest_bench
 from bench.ingest import NEVER_CLOSE, drop_schema
 from bench.machine import describe
 from gateway import commands, kiosk_flows, refunds, webhooks
@@ -75,23 +76,12 @@ async def seed(db: Database, kiosk_plans: list[KioskPlan]) -> None:
     await refunds.configure(db, MERCHANTS)
     for m in MERCHANTS:
         await webhooks.register_endpoint(db, m.id, "http://127.0.0.1:9/hooks", [])
-    now = time.time()
-    rows = [
-        (rid, p.merchant, f"o-{rid}", "[]", 1, "bench", 1000, "CNY", "locker", "M",
-         json.dumps([p.store]),
-         json.dumps({"name": "Bench", "email": f"b{n}@example.test", "phone": f"+86{n:09d}"}),
-         "authorized", f"B{n:09d}", "v", now + 86_400, now, now)
-        for n, (p, rid) in enumerate((p, r) for p in kiosk_plans for r in p.return_ids)
-    ]  # fmt: skip
-    for start in range(0, len(rows), 5000):
-        async with db.transaction() as tx:
-            await tx.executemany(
-                "INSERT INTO returns (id, merchant, order_id, items, item_count, reason, "
-                "amount_minor, currency, method, size, stores, customer, state, short_code, "
-                "voucher, expires_at, created_at, updated_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                rows[start : start + 5000],
-            )
+    await ingest_bench.seed(db, kiosk_plans, customer=_reachable)
+
+
+def _reachable(n: int) -> dict[str, str]:
+    """A customer with e-mail and phone: each drop-off queues two messages."""
+    return {"name": "Bench", "email": f"b{n}@example.test", "phone": f"+86{n:09d}"}
 
 
 def make_ingest(db: Database) -> Ingest:

@@ -28,6 +28,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from multiprocessing.synchronize import Barrier
 from multiprocessing.synchronize import Event as EventType
 from pathlib import Path
@@ -109,12 +110,21 @@ def plans(kiosks: int, events: int) -> list[KioskPlan]:
     ]
 
 
-async def seed(db: Database, kiosk_plans: list[KioskPlan]) -> None:
+def bench_customer(n: int) -> dict[str, str]:
+    """The customer of the n-th seeded return (no contact: no messages are queued)."""
+    return {"name": "Bench"}
+
+
+async def seed(
+    db: Database,
+    kiosk_plans: list[KioskPlan],
+    customer: Callable[[int], dict[str, str]] = bench_customer,
+) -> None:
     """Insert every planned return as ``authorized`` (what ``POST /v1/returns`` leaves)."""
     now = time.time()
     rows = [
         (rid, p.merchant, f"o-{rid}", "[]", 1, "bench", 1000, "CNY", "locker", "M",
-         json.dumps([p.store]), '{"name": "Bench"}', "authorized", f"B{n:09d}", "v",
+         json.dumps([p.store]), json.dumps(customer(n)), "authorized", f"B{n:09d}", "v",
          now + 86_400, now, now)
         for n, (p, rid) in enumerate((p, r) for p in kiosk_plans for r in p.return_ids)
     ]  # fmt: skip

@@ -127,7 +127,7 @@ class Ingest:
             if decoded.events:
                 new = await self._store(tx, decoded)
         result.new = len(new)
-        self._keep(decoded.events[i] for i in new)  # committed: as stored
+        self._keep({event_id: decoded.events[event_id] for event_id in new})  # as committed
         for event_id, event in decoded.events.items():
             result.acks[(event.store, event.device)].append(event_id)
         return result
@@ -199,11 +199,10 @@ class Ingest:
         self.stats.duplicates += decoded.received - len(inserted)
         return [str(r[0]) for r in inserted]
 
-    def _keep(self, events: Iterable[Event]) -> None:
-        """Keep newly stored events decoded for :meth:`_claim`, dropping the oldest kept
-        beyond the limit."""
-        for event in events:
-            self._kept[str(event.id)] = event
+    def _keep(self, events: dict[str, Event]) -> None:
+        """Keep newly stored events (by id) decoded for :meth:`_claim`, dropping the oldest
+        kept beyond the limit."""
+        self._kept.update(events)
         excess = len(self._kept) - self._kept_max
         if excess > 0:
             for event_id in list(islice(self._kept, excess)):

@@ -11,8 +11,9 @@ a socket pair for every PUBACK it queues and reads one packet per wake-up, and i
 fights the event loop for the GIL; that cost ~140 µs per message here, the loop-driven
 client ~35 µs (ADR 0018). Its client reads the socket in large chunks, takes QoS 1 messages
 apart itself and sends a batch's PUBACKs in one write (ADR 0020), which halves that again.
-Messages go to a bounded buffer that the event loop drains in batches. The bound is ours to keep because Mosquitto stops enforcing its in-flight window
-(upstream #2301): when the buffer is full we stop reading, and TCP pushes back on the broker.
+Messages go to a bounded buffer that the event loop drains in batches. The bound is ours to
+keep because Mosquitto stops enforcing its in-flight window (upstream #2301): when the buffer
+is full we stop reading, and TCP pushes back on the broker.
 """
 
 import asyncio
