@@ -63,7 +63,8 @@ def _gateway_status(online: bool) -> bytes:
 
 
 class _BulkClient(paho.Client):
-    """paho's client reading its socket in large chunks and sending runs of PUBACKs at once.
+    """paho's client reading its socket in large chunks, taking QoS 1 messages apart itself
+    and sending runs of PUBACKs at once (ADR 0020).
 
     paho asks the socket for each packet's first byte, then for its length byte by byte,
     then for its body, and once more until the socket would block: four ``recv`` calls and
@@ -72,9 +73,9 @@ class _BulkClient(paho.Client):
     up. On the way out paho sends each queued packet with its own ``send``; a batch's
     PUBACKs (four bytes each) are joined into one packet first.
 
-    This overrides paho's ``_sock_recv`` and ``_packet_write`` and reads its packet queue
-    (paho 2.x; the dependency is pinned below 3). paho's own ``_sock_recv`` still reads the
-    socket, so its error handling (TLS included) stays.
+    This overrides paho's ``_sock_recv``, ``_handle_publish`` and ``_packet_write`` and
+    reads its packet structures (paho 2.x; the dependency is pinned below 3). paho's own
+    ``_sock_recv`` still reads the socket, so its error handling (TLS included) stays.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:

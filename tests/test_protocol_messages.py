@@ -1,6 +1,7 @@
 """Envelope, topics and short codes."""
 
 import json
+import uuid
 
 import pytest
 from hypothesis import given
@@ -8,7 +9,7 @@ from hypothesis import strategies as st
 
 from protocol import envelope, shortcode, topics
 from protocol.errors import BadTopic, MalformedMessage, ShortCodeError, UnknownMessageType
-from protocol.ids import uuid7
+from protocol.ids import new_id, new_ids, uuid7
 from protocol.messages import Ack, Dropoff, DropoffMethod
 
 
@@ -66,6 +67,14 @@ def test_uuid7_sorts_by_time() -> None:
     a, b = uuid7(1_000), uuid7(2_000)
     assert a.version == 7
     assert a < b
+
+
+def test_ids_made_as_text_are_distinct_canonical_uuid7s() -> None:
+    made = [*new_ids(500), new_id()]
+    assert len(set(made)) == len(made)
+    for text in made:
+        parsed = uuid.UUID(text)
+        assert (parsed.version, parsed.variant, str(parsed)) == (7, uuid.RFC_4122, text)
 
 
 def test_topics_round_trip() -> None:
