@@ -363,7 +363,8 @@ async def _sync_device(
             for p, c, code, v in loaded
         ]  # fmt: skip
     queued = 0
-    for start in range(0, max(len(vouchers), len(pickups)), SYNC_CHUNK):
+    # A new session gets at least one sync, empty or not: it asks for the kiosk's inventory.
+    for start in range(0, max(len(vouchers), len(pickups), int(fresh)), SYNC_CHUNK):
         command_id = new_id()
         body = Sync(
             command_id=command_id,
