@@ -13,9 +13,8 @@ Ingest goes first, in two ways:
   milliseconds of the ack;
 - when events arrive clearly faster than it can apply them anyway (over ``OVERLOAD`` times
   its measured rate, over the last second: a burst, a fleet coming back online with a day's
-  outboxes),
-  applying in every gap would only slow the acks without keeping up, so it waits for the
-  burst to pass and lets kiosks' outboxes drain at ingest speed.
+  outboxes), applying in every gap would only slow the acks without keeping up, so it waits
+  for the burst to pass and lets kiosks' outboxes drain at ingest speed.
 
 Either way it defers only while the oldest waiting event has waited less than
 ``max_lag_s`` (10 s by default) and fewer than ``lag_limit`` events wait: a sustained load

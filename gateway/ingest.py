@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from itertools import islice
 from typing import Any
 
-from gateway.database import Database, Transaction, placeholders
+from gateway.database import Database, Transaction, insert_values, placeholders
 from protocol import envelope, topics
 from protocol.envelope import Envelope
 from protocol.errors import ProtocolError
@@ -188,12 +188,13 @@ class Ingest:
              decoded.raw[eid].decode(), e.ts, now)
             for eid, e in decoded.events.items()
         ]  # fmt: skip
-        inserted = await tx.fetchall(
+        inserted = await insert_values(
+            tx,
             "INSERT INTO events (id, store, device, seq, session, type, historical, envelope, "
-            "ts, received_at, sequenced) VALUES "
-            + ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0)"] * len(rows))
-            + " ON CONFLICT (id) DO NOTHING RETURNING id",
-            [value for row in rows for value in row],
+            "ts, received_at, sequenced)",
+            rows,
+            "ON CONFLICT (id) DO NOTHING RETURNING id",
+            row="(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0)",
         )
         self.stats.stored += len(inserted)
         self.stats.duplicates += decoded.received - len(inserted)

@@ -370,13 +370,10 @@ class GatewayLink:
         self._on_loop(self._down, str(reason))
 
     def _paho_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
-        self._inbox.append(
-            _Inbound(message.topic, bytes(message.payload), message.mid, message.qos)
-        )
-        self._inbox_ready.set()
+        self._inbound(message.topic, bytes(message.payload), message.mid, message.qos)
 
-    def _inbound(self, topic: str, payload: bytes, mid: int) -> None:
-        self._inbox.append(_Inbound(topic, payload, mid, 1))
+    def _inbound(self, topic: str, payload: bytes, mid: int, qos: int = 1) -> None:
+        self._inbox.append(_Inbound(topic, payload, mid, qos))
         self._inbox_ready.set()
 
     def _paho_published(

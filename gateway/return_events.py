@@ -68,22 +68,6 @@ class _Facts:
     terms: refunds.Terms
 
     @property
-    def merchant(self) -> str:
-        return self.terms.merchant
-
-    @property
-    def policy(self) -> RefundPolicy:
-        return self.terms.policy
-
-    @property
-    def amount_minor(self) -> int:
-        return self.terms.amount_minor
-
-    @property
-    def currency(self) -> str:
-        return self.terms.currency
-
-    @property
     def customer(self) -> dict[str, Any]:
         found: dict[str, Any] = json.loads(self.customer_text)
         return found
@@ -108,7 +92,7 @@ async def _facts(tx: Transaction, return_ids: Sequence[str]) -> dict[str, _Facts
 
 
 def _money(f: _Facts) -> dict[str, Any]:
-    return {"amount_minor": f.amount_minor, "currency": f.currency}
+    return {"amount_minor": f.terms.amount_minor, "currency": f.terms.currency}
 
 
 def _return_data(f: _Facts, t: Transition) -> dict[str, Any]:
@@ -122,7 +106,7 @@ def _return_data(f: _Facts, t: Transition) -> dict[str, Any]:
         "device": f.device,
         "tote_id": f.tote_id,
         "refund_amount": _money(f),
-        "refund_policy": f.policy.value,
+        "refund_policy": f.terms.policy.value,
     }
 
 
@@ -141,11 +125,11 @@ async def on_transitions(tx: Transaction, transitions: Sequence[Transition]) -> 
         event_type = RETURN_EVENTS.get(t.to_state)
         if event_type is not None:
             key = f"{event_type.value}:{t.return_id}"
-            events.append(OutgoingEvent(f.merchant, event_type, key, _return_data(f, t)))
+            events.append(OutgoingEvent(f.terms.merchant, event_type, key, _return_data(f, t)))
         kind = CUSTOMER_MESSAGES.get(t.to_state)
         if kind is not None:
             context = {
-                "refund_note": REFUND_NOTES[f.policy],
+                "refund_note": REFUND_NOTES[f.terms.policy],
                 "store": f.store,
                 "device": f.device,
                 "at": time.time(),
@@ -167,7 +151,9 @@ async def refund_issued(tx: Transaction, return_id: str, refund_id: str, provide
         "amount": _money(f),
         "state": f.state,
     }
-    await webhooks.emit(tx, f.merchant, EventType.REFUND_ISSUED, f"refund.issued:{return_id}", data)
+    await webhooks.emit(
+        tx, f.terms.merchant, EventType.REFUND_ISSUED, f"refund.issued:{return_id}", data
+    )
     await notifications.queue_many(
         tx,
         [
@@ -224,13 +210,13 @@ async def home_pickup_booked(tx: Transaction, return_id: str, booking: PickupBoo
         "home_pickup": {"window": window, "pickup_code": pickup_code},
     }
     key = f"shipment.created:{return_id}"
-    await webhooks.emit(tx, f.merchant, EventType.SHIPMENT_CREATED, key, data)
+    await webhooks.emit(tx, f.terms.merchant, EventType.SHIPMENT_CREATED, key, data)
     context = {
         "carrier": booking.carrier,
         "waybill": booking.waybill,
         "pickup_code": pickup_code or "",
         "window": _window_text(booking),
-        "refund_note": PICKUP_REFUND_NOTES.get(f.policy, REFUND_NOTES[f.policy]),
+        "refund_note": PICKUP_REFUND_NOTES.get(f.terms.policy, REFUND_NOTES[f.terms.policy]),
     }
     await notifications.queue_many(
         tx, [CustomerMessage(return_id, MessageKind.PICKUP_BOOKED, f.customer, context)]

@@ -164,7 +164,7 @@ async def test_ingest_waits_while_the_applier_is_twice_its_lag_limit_behind(
     )
     run.applier.stored(stored.new)
     room = asyncio.create_task(run.applier.room())
-    await asyncio.sleep(0)  # let it start waiting
+    await asyncio.sleep(0)  # one step of the task: room() returns in it unless it must wait
     assert not room.done()  # 5 waiting ≥ 2 × 2: ingest must wait
 
     run.start()
